@@ -1,0 +1,1 @@
+"""Ingest service: schools' MIS systems and social-care systems push the register and registry here."""

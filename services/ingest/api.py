@@ -1,0 +1,224 @@
+"""The ingest HTTP API (CONTRACT.md "ingest").
+
+Scopes: ``PUT /schools/{urn}`` needs ``admin``; a school's calendar and roster need
+``pupils:write`` and its marks ``marks:write``, for a school the token may act for; care status
+needs ``care:write`` (LA-wide social-care systems). A school-scoped token is refused (403) for any
+other school before anything is looked up, so it never learns whether that school or its pupils
+exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.ingest import marks, registry
+from services.ingest import tables as t
+from services.ingest.schemas import CalendarIn, CareIn, MarksResult, RosterIn, RosterResult, SchoolIn, Written
+from shared.auth import Principal, Scope, forbidden, require
+from shared.bodies import media_type, read_body
+from shared.problems import Problem, validation_errors
+from shared.service import Runtime
+
+UrnPath = Annotated[str, Path(pattern=r"^[0-9]{6,7}$", description="The school's URN")]
+YearPath = Annotated[str, Path(pattern=r"^[0-9]{4}-[0-9]{2}$", description="Academic year, e.g. 2024-25")]
+UpnPath = Annotated[str, Path(min_length=13, max_length=13, description="The pupil's UPN")]
+
+Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
+PupilsWriter = Annotated[Principal, Depends(require(Scope.PUPILS_WRITE))]
+MarksWriter = Annotated[Principal, Depends(require(Scope.MARKS_WRITE))]
+CareWriter = Annotated[Principal, Depends(require(Scope.CARE_WRITE))]
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc, "content": {"application/problem+json": {}}}
+    for code, desc in {
+        400: "Malformed body",
+        401: "Missing or invalid token",
+        403: "Token lacks the scope or may not act for this school",
+        404: "No such school",
+        413: "Body or batch too large",
+        415: "Unsupported content type",
+        422: "Invalid body",
+    }.items()
+}
+
+MARKS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["marks"],
+                    "properties": {
+                        "marks": {
+                            "type": "array",
+                            "maxItems": marks.MAX_BATCH,
+                            "items": {"$ref": "#/components/schemas/MarkIn"},
+                        }
+                    },
+                }
+            },
+            "text/csv": {
+                "schema": {"type": "string", "description": "header upn,date,session,code[,minutes_late]"}
+            },
+        },
+    }
+}
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def authorised_school(conn: AsyncConnection, principal: Principal, urn: str) -> None:
+    """403 for a school the token may not act for (before any lookup), 404 for an unknown school."""
+    if principal.schools is not None and urn not in principal.schools:
+        raise forbidden("the token may not act for this school")
+    la = (await conn.execute(select(t.schools.c.la_code).where(t.schools.c.urn == urn))).scalar_one_or_none()
+    if la is None:
+        raise Problem(404, "not-found", "Not found", "no school with this URN")
+    if not principal.may_act_for_school(urn, la):
+        raise forbidden("the token may not act for this school")
+
+
+async def json_body(request: Request, model: type[Any], limit: int) -> Any:
+    if media_type(request) != "application/json":
+        raise Problem(415, "unsupported-media-type", "Unsupported media type", "send application/json")
+    body = await read_body(request, limit)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors())
+        if any(e["code"] == "json_invalid" for e in errors):
+            raise Problem(
+                400, "malformed-json", "Body is not valid JSON", "the request body could not be parsed"
+            ) from exc
+        raise Problem(
+            422, "validation", "Request is not valid", f"{len(errors)} invalid field(s)", errors=errors
+        ) from exc
+
+
+def add_routes(app: FastAPI) -> None:
+    router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+    @router.put(
+        "/schools/{urn}",
+        response_model=Written,
+        tags=["registry"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SchoolIn"}}},
+            }
+        },
+    )
+    async def put_school(urn: UrnPath, request: Request, principal: Admin) -> Written:
+        """Create or update a school (LA administrators)."""
+        rt = runtime(request)
+        body: SchoolIn = await json_body(request, SchoolIn, rt.settings.max_body_bytes)
+        if not principal.may_act_for_school(urn, body.la_code):
+            raise forbidden("the token may not act for this school")
+        async with rt.engine.begin() as conn:
+            changed = await registry.put_school(conn, urn, body, rt.now())
+        if changed:
+            rt.relay.wake()
+        return Written()
+
+    @router.put(
+        "/schools/{urn}/calendar/{year}",
+        response_model=Written,
+        tags=["registry"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CalendarIn"}}},
+            }
+        },
+    )
+    async def put_calendar(
+        urn: UrnPath, year: YearPath, request: Request, principal: PupilsWriter
+    ) -> Written:
+        """Replace a school's calendar for one academic year: term dates and closed sessions."""
+        rt = runtime(request)
+        body: CalendarIn = await json_body(request, CalendarIn, rt.settings.max_body_bytes)
+        async with rt.engine.begin() as conn:
+            await authorised_school(conn, principal, urn)
+            changed = await registry.put_calendar(conn, urn, year, body, rt.now())
+        if changed:
+            rt.relay.wake()
+        return Written()
+
+    @router.put(
+        "/schools/{urn}/pupils",
+        response_model=RosterResult,
+        tags=["registry"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RosterIn"}}},
+            }
+        },
+    )
+    async def put_pupils(urn: UrnPath, request: Request, principal: PupilsWriter) -> RosterResult:
+        """Upsert pupils on the school's roll (up to 5,000 a request); all or nothing."""
+        rt = runtime(request)
+        body: RosterIn = await json_body(request, RosterIn, rt.settings.max_body_bytes)
+        async with rt.engine.begin() as conn:
+            await authorised_school(conn, principal, urn)
+            result = await registry.put_roster(conn, urn, body, rt.today(), rt.now())
+        if result.created or result.updated:
+            rt.relay.wake()
+        return result
+
+    @router.put(
+        "/pupils/{upn}/care",
+        response_model=Written,
+        tags=["registry"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CareIn"}}},
+            }
+        },
+    )
+    async def put_care(upn: UpnPath, request: Request, _principal: CareWriter) -> Written:
+        """Record a pupil's social-care status (CIN, CP, CLA, early help, ETAC, part-time timetable)."""
+        rt = runtime(request)
+        body: CareIn = await json_body(request, CareIn, rt.settings.max_body_bytes)
+        normalised = registry.valid_upn_or_422(upn)
+        async with rt.engine.begin() as conn:
+            changed = await registry.put_care(conn, normalised, body, rt.now())
+        if changed:
+            rt.relay.wake()
+        return Written()
+
+    @router.post("/schools/{urn}/marks", response_model=MarksResult, tags=["marks"], openapi_extra=MARKS_BODY)
+    async def post_marks(urn: UrnPath, request: Request, principal: MarksWriter) -> MarksResult:
+        """Record up to 10,000 marks (JSON or CSV); each is validated on its own.
+
+        A 200 means every accepted and amended mark is durable and its event will be published.
+        """
+        rt = runtime(request)
+        kind = media_type(request)
+        if kind not in ("application/json", "text/csv"):
+            raise Problem(
+                415, "unsupported-media-type", "Unsupported media type", "send application/json or text/csv"
+            )
+        if principal.schools is not None and urn not in principal.schools:
+            raise forbidden("the token may not act for this school")
+        body = await read_body(request, rt.settings.max_body_bytes)
+        raw = marks.parse_json(body) if kind == "application/json" else marks.parse_csv(body)
+        async with rt.engine.begin() as conn:
+            await authorised_school(conn, principal, urn)
+            result = await marks.record_marks(conn, urn, raw, rt.today(), rt.now())
+        if result.accepted or result.amended:
+            rt.relay.wake()
+        return result
+
+    app.include_router(router)

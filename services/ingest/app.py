@@ -1,0 +1,46 @@
+"""The ingest service's app factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from services.ingest import tables
+from services.ingest.api import add_routes
+from services.ingest.schemas import CalendarIn, CareIn, MarkIn, RosterIn, SchoolIn
+from shared.service import service_app
+from shared.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings(service="ingest")
+    app = service_app(
+        "ingest",
+        settings,
+        tables.outbox,
+        title="Rollcall ingest",
+        description="MIS systems push registers, rosters and calendars; social care pushes care status.",
+        routers=[add_routes],
+    )
+    _document_raw_bodies(app)
+    return app
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Endpoints read their bodies themselves (size limits, CSV); publish the schemas they accept."""
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (SchoolIn, CalendarIn, RosterIn, CareIn, MarkIn):
+            defs = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(defs.pop("$defs", {}))
+            components[model.__name__] = defs
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

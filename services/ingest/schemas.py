@@ -1,0 +1,119 @@
+"""Request and response bodies of the ingest API (CONTRACT.md "ingest")."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
+LaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+Postcode = Annotated[str, StringConstraints(max_length=10, strip_whitespace=True)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchoolIn(Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    la_code: LaCode
+    phase: Literal["primary", "secondary", "special", "alternative_provision"]
+    type: Literal["maintained", "academy", "free", "independent", "non_maintained_special"]
+    locality: ShortText | None = None
+    ward: ShortText | None = None
+    postcode: Postcode | None = None
+
+
+class TermIn(Body):
+    start: dt.date
+    end: dt.date
+
+
+class ClosureIn(Body):
+    date: dt.date
+    session: Literal["AM", "PM", "ALL"]
+    reason: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class CalendarIn(Body):
+    terms: Annotated[list[TermIn], Field(min_length=1, max_length=12)]
+    closed: Annotated[list[ClosureIn], Field(max_length=400)] = []
+
+
+class ParentIn(Body):
+    id: ShortText
+    name: Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)]
+
+
+class PupilIn(Body):
+    upn: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    given_name: ShortText
+    family_name: ShortText
+    date_of_birth: dt.date
+    sex: Literal["F", "M", "X"] | None = None
+    year_group: Annotated[str, StringConstraints(pattern=r"^(N1|N2|R|[1-9]|1[0-4])$")]
+    home_la_code: LaCode
+    home_postcode: Postcode | None = None
+    ward: ShortText | None = None
+    admission_date: dt.date
+    leaving_date: dt.date | None = None
+    fsm: bool
+    sen: Literal["none", "support", "ehcp"]
+    ehcp_la_code: LaCode | None = None
+    parents: Annotated[list[ParentIn], Field(max_length=6)] = []
+
+
+class RosterIn(Body):
+    pupils: Annotated[list[PupilIn], Field(min_length=1, max_length=5000)]
+
+
+class RosterResult(BaseModel):
+    created: int
+    updated: int
+    unchanged: int
+
+
+class PartTimeTimetable(Body):
+    start: dt.date
+    end: dt.date | None = None
+
+
+class CareIn(Body):
+    cin: bool
+    cp: bool
+    cla: bool
+    early_help: bool
+    etac: bool = False
+    part_time_timetable: PartTimeTimetable | None = None
+
+
+class MarkIn(Body):
+    """One mark of a batch; validated on its own so one bad row never sinks the batch."""
+
+    upn: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    date: dt.date
+    session: Literal["AM", "PM"]
+    code: Annotated[str, StringConstraints(min_length=1, max_length=3)]
+    minutes_late: Annotated[int, Field(ge=0, le=300)] | None = None
+    recorded_at: dt.datetime | None = None
+
+
+class Rejection(BaseModel):
+    index: int
+    upn: str | None
+    code: str | None
+    detail: str
+
+
+class MarksResult(BaseModel):
+    accepted: int
+    amended: int
+    unchanged: int
+    rejected: list[Rejection]
+
+
+class Written(BaseModel):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,1 @@
+"""Notifications service: recipients, routing and alert delivery (issue 4; not built yet)."""

@@ -1,0 +1,160 @@
+"""Bearer-token authentication and authorisation (CONTRACT.md "Auth").
+
+Tokens are JWTs with ``sub``, ``scope`` (space-separated), optional ``schools`` (URNs the caller
+may act for; absent = LA-wide) and optional ``la``. Development and tests sign with HS256 and the
+shared secret ``ROLLCALL_JWT_SECRET``; production verifies RS256 against ``ROLLCALL_JWKS_URL``
+(PyJWT's JWKS client, keys cached). A missing or invalid token is a 401; a valid token without the
+scope, or for a school it may not act for, is a 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import jwt
+from fastapi import Request
+
+from shared.problems import Problem
+from shared.settings import Settings
+
+
+class Scope(StrEnum):
+    MARKS_WRITE = "marks:write"
+    PUPILS_WRITE = "pupils:write"
+    CARE_WRITE = "care:write"
+    ATTENDANCE_READ = "attendance:read"
+    LEGAL_READ = "legal:read"
+    LEGAL_WRITE = "legal:write"
+    ALERTS_READ = "alerts:read"
+    ALERTS_WRITE = "alerts:write"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the verified claims of their token."""
+
+    sub: str
+    scopes: frozenset[str]
+    schools: frozenset[str] | None  # None: LA-wide
+    la: str | None
+
+    def has(self, scope: Scope) -> bool:
+        return scope.value in self.scopes or Scope.ADMIN.value in self.scopes
+
+    def may_act_for_school(self, urn: str, school_la: str | None = None) -> bool:
+        """A school-scoped token acts only for its schools; an LA token only for its LA's schools."""
+        if self.schools is not None and urn not in self.schools:
+            return False
+        return not (self.la is not None and school_la is not None and self.la != school_la)
+
+
+def unauthenticated(detail: str) -> Problem:
+    return Problem(
+        401, "unauthenticated", "Authentication required", detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def forbidden(detail: str) -> Problem:
+    return Problem(403, "forbidden", "Forbidden", detail)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens: HS256 with the shared secret, or RS256 against a JWKS endpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._jwks: jwt.PyJWKClient | None = (
+            jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=3600) if settings.jwks_url else None
+        )
+
+    async def verify(self, token: str) -> Principal:
+        options: jwt.types.Options = {"require": ["exp", "sub"]}
+        try:
+            if self._jwks is not None:
+                # The JWKS client does blocking HTTP on a cache miss: keep it off the event loop.
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+                claims = jwt.decode(
+                    token,
+                    signing_key.key,
+                    algorithms=["RS256"],
+                    audience=self._settings.jwt_audience,
+                    issuer=self._settings.jwt_issuer,
+                    options=options,
+                )
+            else:
+                claims = jwt.decode(
+                    token,
+                    self._settings.jwt_secret.get_secret_value(),
+                    algorithms=["HS256"],
+                    audience=self._settings.jwt_audience,
+                    issuer=self._settings.jwt_issuer,
+                    options=options,
+                )
+        except jwt.ExpiredSignatureError as exc:
+            raise unauthenticated("the token has expired") from exc
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise unauthenticated("the token is not valid") from exc
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    scope = claims.get("scope", "")
+    schools = claims.get("schools")
+    if not isinstance(scope, str) or (schools is not None and not isinstance(schools, list)):
+        raise unauthenticated("the token's scope or schools claim is malformed")
+    la = claims.get("la")
+    return Principal(
+        sub=str(claims["sub"]),
+        scopes=frozenset(scope.split()),
+        schools=frozenset(str(s) for s in schools) if schools is not None else None,
+        la=str(la) if la is not None else None,
+    )
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthenticated("send Authorization: Bearer <token>")
+    return token.strip()
+
+
+def require(*scopes: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
+    """A FastAPI dependency: the caller, verified, holding at least one of ``scopes``.
+
+    Use as ``Annotated[Principal, Depends(require(Scope.MARKS_WRITE))]``.
+    """
+
+    async def dependency(request: Request) -> Principal:
+        verifier: TokenVerifier = request.app.state.verifier
+        principal = await verifier.verify(bearer_token(request))
+        if not any(principal.has(s) for s in scopes):
+            raise forbidden(f"the token lacks the scope {' or '.join(s.value for s in scopes)}")
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+def mint_token(
+    secret: str,
+    sub: str,
+    scopes: Iterable[str],
+    schools: Iterable[str] | None = None,
+    la: str | None = None,
+    ttl_seconds: int = 3600,
+) -> str:
+    """An HS256 token for development, tests, the demo loader and benchmarks."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "scope": " ".join(scopes), "iat": now, "exp": now + ttl_seconds}
+    if schools is not None:
+        claims["schools"] = list(schools)
+    if la is not None:
+        claims["la"] = la
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -1,0 +1,71 @@
+"""Async SQLAlchemy engines for SQLite (the embedded local default) and PostgreSQL (production).
+
+SQLite runs in WAL mode and every transaction begins IMMEDIATE, so a read-then-write transaction
+(the marks upsert) holds the write lock from its first statement and two writers never interleave.
+PostgreSQL serialises writers per school with a transaction-scoped advisory lock (``lock_school``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE transactions."""
+    if is_sqlite(url):
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Hand transaction control to SQLAlchemy so BEGIN IMMEDIATE below is the only BEGIN.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(url, **kwargs)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raises if the database cannot answer a trivial query."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+async def lock_school(conn: AsyncConnection, urn: str) -> None:
+    """Serialise writers of one school's data until the transaction ends (no-op on SQLite).
+
+    An MIS sends a school's batches one after another; two overlapping batches for the same
+    school would otherwise both read a mark's old code and both report it as ``amended`` from it.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"school:{urn}")})
+
+
+def sync_url(url: str) -> str:
+    """The synchronous driver URL for Alembic (aiosqlite → pysqlite, asyncpg → psycopg)."""
+    return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")

@@ -1,0 +1,140 @@
+"""Events on Kafka: the CloudEvents 1.0 envelope, topic names and payload models (CONTRACT.md).
+
+Records are structured-mode CloudEvents (the whole envelope as the JSON value), keyed by the
+pupil's UPN (legal: the case id), with headers ``ce_id``, ``ce_type`` and ``traceparent``.
+The envelope is a small pydantic model rather than the ``cloudevents`` SDK: structured JSON mode
+is all the contract uses, and one model keeps validation and serialisation in one place.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+
+class Topic(StrEnum):
+    MARKS = "rollcall.marks.v1"
+    REGISTRY = "rollcall.registry.v1"
+    SIGNALS = "rollcall.signals.v1"
+    LEGAL = "rollcall.legal.v1"
+    ALERTS = "rollcall.alerts.v1"
+
+
+class EventType(StrEnum):
+    MARK_RECORDED = "mark.recorded"
+    MARK_AMENDED = "mark.amended"
+    SCHOOL_UPDATED = "school.updated"
+    CALENDAR_UPDATED = "calendar.updated"
+    PUPIL_UPDATED = "pupil.updated"
+    CARE_UPDATED = "care.updated"
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event in structured JSON mode."""
+
+    model_config = ConfigDict(frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str | None = None
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: dict[str, Any]
+
+
+def new_event(type_: str, source: str, data: dict[str, Any], subject: str | None = None) -> dict[str, Any]:
+    """A new envelope as a plain dict, ready for ``orjson.dumps`` (the hot path skips model building)."""
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": source,
+        "type": type_,
+        "time": datetime.now(UTC).isoformat(),
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def decode(value: bytes) -> CloudEvent:
+    return CloudEvent.model_validate_json(value)
+
+
+def new_traceparent() -> str:
+    """A W3C traceparent for an event that starts a trace."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+# Payload models: the ``data`` of each event type. Consumers validate with these; the AsyncAPI
+# document in docs/ is written from them.
+
+
+class MarkData(BaseModel):
+    """``mark.recorded`` / ``mark.amended``: one register mark as it now stands."""
+
+    school_urn: str
+    upn: str
+    date: date
+    session: Literal["AM", "PM"]
+    code: str
+    category: str
+    minutes_late: int | None = None
+    recorded_at: datetime | None = None
+    previous_code: str | None = None  # mark.amended only: the code it replaced
+
+
+class SchoolData(BaseModel):
+    urn: str
+    name: str
+    la_code: str
+    phase: str
+    type: str
+    locality: str | None = None
+    ward: str | None = None
+
+
+class CalendarData(BaseModel):
+    school_urn: str
+    year: str
+    terms: list[dict[str, date]]
+    closed: list[dict[str, Any]]
+
+
+class PupilData(BaseModel):
+    """``pupil.updated``: what the other services need about a pupil; no names or postcodes."""
+
+    upn: str
+    school_urn: str
+    date_of_birth: date
+    sex: str | None = None
+    year_group: str
+    home_la_code: str
+    ward: str | None = None
+    admission_date: date
+    leaving_date: date | None = None
+    fsm: bool
+    sen: Literal["none", "support", "ehcp"]
+    ehcp_la_code: str | None = None
+    parent_ids: list[str] = []
+
+
+class CareData(BaseModel):
+    upn: str
+    cin: bool
+    cp: bool
+    cla: bool
+    early_help: bool
+    etac: bool
+    part_time_timetable: dict[str, date | None] | None = None

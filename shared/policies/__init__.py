@@ -1,0 +1,1 @@
+"""Bundled local-authority policy files (TOML), read by shared.policy.load_policy."""

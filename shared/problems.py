@@ -1,0 +1,145 @@
+"""RFC 9457 problem details: every error a client sees, in one shape, never a 500 for bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger()
+
+
+def problem_type(slug: str) -> str:
+    """A stable URN naming the kind of problem (documented in the README)."""
+    return f"urn:rollcall:problem:{slug}"
+
+
+class Problem(Exception):
+    """An error answered as ``application/problem+json``; raise it anywhere in a request."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str = "",
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": problem_type(self.slug),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail or self.title,
+        }
+        if instance:
+            body["instance"] = instance
+        if self.errors is not None:
+            body["errors"] = self.errors
+        body.update(self.extra)
+        return body
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> Response:
+    return Response(
+        orjson.dumps(problem.body(instance)),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+_STATUS_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation", "Request body is not valid"),
+    429: ("rate-limited", "Too many requests"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+def validation_errors(exc_errors: Any) -> list[dict[str, Any]]:
+    """Pydantic's error list as the contract's ``{index, field, code, detail}`` entries."""
+    out: list[dict[str, Any]] = []
+    for err in exc_errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        index = next((int(p) for p in loc if p.isdigit()), None)
+        out.append(
+            {
+                "index": index,
+                "field": ".".join(loc),
+                "code": err.get("type", "invalid"),
+                "detail": err.get("msg", "invalid value"),
+            }
+        )
+    return out
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Map every exception a request can raise to a problem response."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return problem_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = validation_errors(exc.errors())
+        json_invalid = any(e["code"] == "json_invalid" for e in errors)
+        if json_invalid:
+            problem = Problem(
+                400, "malformed-json", "Body is not valid JSON", "the request body could not be parsed"
+            )
+        else:
+            problem = Problem(
+                422, "validation", "Request is not valid", f"{len(errors)} invalid field(s)", errors=errors
+            )
+        return problem_response(problem, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        slug, title = _STATUS_SLUGS.get(exc.status_code, ("error", "Error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        headers = dict(exc.headers or {})
+        return problem_response(
+            Problem(exc.status_code, slug, title, detail, headers=headers), request.url.path
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # The failure is logged with its type only: exception text can carry request data.
+        log.error("unhandled_error", error_type=type(exc).__name__, route=_route(request))
+        return problem_response(
+            Problem(500, "internal", "Internal error", "the server could not complete the request"),
+            request.url.path,
+        )
+
+
+def _route(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")

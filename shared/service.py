@@ -1,0 +1,141 @@
+"""The wiring every service shares: settings, logging, engine, producer, outbox relay, health.
+
+``Runtime`` is the single bootstrap a service's app factory builds in its lifespan; tests build
+apps through the same factory with their own settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Request
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import kafka
+from shared.auth import TokenVerifier
+from shared.db import create_engine, ping
+from shared.observability import configure_logging, health_router, install
+from shared.outbox import OutboxRelay
+from shared.policy import Policy, load_policy
+from shared.problems import install_problem_handlers
+from shared.settings import Settings
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    policy: Policy
+    engine: AsyncEngine
+    producer: AIOKafkaProducer
+    relay: OutboxRelay
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def today(self) -> date:
+        """Today in the LA's time zone (policy), which is what a register date means."""
+        return self.clock().astimezone(ZoneInfo(self.policy.timezone)).date()
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(ping(self.engine), timeout=3)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = type(exc).__name__
+        try:
+            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), timeout=3)
+            checks["kafka"] = "ok"
+        except Exception as exc:
+            checks["kafka"] = type(exc).__name__ or "unreachable"
+        return checks
+
+
+async def _start_producer(producer: AIOKafkaProducer) -> None:
+    """Start the producer, retrying until Kafka answers: a service may start before its broker."""
+    delay = 0.5
+    while True:
+        try:
+            await producer.start()
+            return
+        except Exception as exc:
+            log.warning("kafka_unavailable", error_type=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+async def _drain(relay: OutboxRelay) -> None:
+    while await relay.publish_once():
+        pass
+
+
+async def _relay_when_ready(runtime: Runtime) -> None:
+    await _start_producer(runtime.producer)
+    if runtime.settings.relay_enabled:
+        await runtime.relay.run()
+
+
+def service_app(
+    name: str,
+    settings: Settings,
+    outbox: Table,
+    title: str,
+    description: str,
+    routers: list[Callable[[FastAPI], None]],
+    version: str = "1.0.0",
+) -> FastAPI:
+    """A FastAPI app with the shared lifespan, problem handlers, metrics and health routes."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, settings.log_json)
+        policy = load_policy(settings.policy_file)
+        engine = create_engine(settings.db_url)
+        producer = kafka.producer(settings.kafka_bootstrap)
+        relay = OutboxRelay(engine, outbox, producer, batch=settings.relay_batch)
+        runtime = Runtime(settings, policy, engine, producer, relay)
+        runtime.tasks.append(asyncio.create_task(_relay_when_ready(runtime)))
+        app.state.runtime = runtime
+        app.state.verifier = TokenVerifier(settings)
+        log.info("service_started", service=name, env=settings.env, policy_version=policy.version)
+        try:
+            yield
+        finally:
+            if settings.relay_enabled and producer.client is not None:
+                # Drain what this process committed so a clean stop leaves no backlog behind.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(_drain(relay), timeout=10)
+            relay.stop()
+            for task in runtime.tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await engine.dispose()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    install_problem_handlers(app)
+    install(app, name)
+
+    async def readiness(request: Request) -> dict[str, str]:
+        runtime: Runtime = request.app.state.runtime
+        return await runtime.readiness()
+
+    app.include_router(health_router(readiness))
+    for add in routers:
+        add(app)
+    return app

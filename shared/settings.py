@@ -1,0 +1,55 @@
+"""Process settings, read from the environment with the prefix ``ROLLCALL_``.
+
+Each service process reads the same variable names; the stack runner (deploy/stack.py) gives each
+process its own ``ROLLCALL_DATABASE_URL`` and port. Outside ``dev``/``test`` the services refuse to
+start with the built-in development JWT secret and no JWKS URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "rollcall-development-secret-not-for-production"  # noqa: S105 - the known-insecure default, refused in production
+
+
+class Settings(BaseSettings):
+    """Everything a service process needs to start; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLCALL_", extra="ignore")
+
+    env: Literal["dev", "test", "production"] = "dev"
+    service: str = "ingest"
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    policy_file: Path | None = None
+    relay_enabled: bool = True
+    relay_batch: int = 10_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_outside_dev(self) -> Settings:
+        weak = self.jwt_secret.get_secret_value() == DEV_JWT_SECRET or len(self.jwt_secret) < 32
+        if self.env == "production" and self.jwks_url is None and weak:
+            raise ValueError(
+                "ROLLCALL_ENV=production needs ROLLCALL_JWKS_URL or a ROLLCALL_JWT_SECRET of 32+ "
+                "characters that is not the development default"
+            )
+        return self
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL: the configured one, or SQLite under the data folder (the embedded default)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{self.service}.db').resolve()}"

@@ -1,0 +1,80 @@
+"""Shared fixtures: one real Kafka broker per test run, SQLite and PostgreSQL databases, tokens.
+
+Kafka runs on its own ports (19092/19093) under a temporary folder so a developer's running stack
+on 9092 is untouched. PostgreSQL tests need ``ROLLCALL_TEST_POSTGRES_URL`` (``make test`` and CI
+set it from ``deploy/postgres.sh``); without it they are skipped, and CI fails if any are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from deploy.kafka import Broker
+from shared.auth import mint_token
+from shared.kafka import ensure_topics
+from shared.settings import DEV_JWT_SECRET
+
+KAFKA_PORT = int(os.environ.get("ROLLCALL_TEST_KAFKA_PORT", "19092"))
+SECRET = DEV_JWT_SECRET
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    broker = Broker(tmp_path_factory.mktemp("kafka"), KAFKA_PORT, KAFKA_PORT + 1, heap="512m")
+    broker.start()
+    asyncio.run(ensure_topics(broker.bootstrap, partitions=3))
+    yield broker.bootstrap
+    broker.kill()  # its data is temporary: no need for a slow controlled shutdown
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Broker:
+    """The running test broker's handle (for tests that restart it)."""
+    base = Path(str(tmp_path_factory.getbasetemp()))
+    home = next(p for p in base.iterdir() if p.name.startswith("kafka"))
+    return Broker(home, KAFKA_PORT, KAFKA_PORT + 1, heap="512m")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+
+
+def postgres_admin_url() -> str | None:
+    return os.environ.get("ROLLCALL_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    base = postgres_admin_url()
+    if not base:
+        pytest.skip("ROLLCALL_TEST_POSTGRES_URL is not set (run `make test`)")
+    dsn = base.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"rollcall_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield base.rsplit("/", 1)[0] + f"/{name}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def token(scopes: str, schools: list[str] | None = None, la: str | None = None, sub: str = "test") -> str:
+    return mint_token(SECRET, sub, scopes.split(), schools=schools, la=la)
+
+
+def bearer(scopes: str, schools: list[str] | None = None, la: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(scopes, schools, la)}"}

@@ -1,0 +1,145 @@
+"""Building an ingest app against a real database and the test broker, plus a small school."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import TopicPartition
+
+from services.ingest.app import create_app
+from shared import kafka
+from shared.migrate import upgrade
+from shared.service import Runtime
+from shared.settings import Settings
+from shared.upn import make_upn
+from tests.conftest import bearer
+
+ADMIN = "admin"
+# A fixed "now" inside the 2024-25 year, so marks of September 2024 are in the past.
+NOW = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
+
+TERMS_2024_25 = [
+    {"start": "2024-09-03", "end": "2024-10-25"},
+    {"start": "2024-11-04", "end": "2024-12-20"},
+    {"start": "2025-01-06", "end": "2025-02-14"},
+    {"start": "2025-02-24", "end": "2025-04-04"},
+    {"start": "2025-04-22", "end": "2025-05-23"},
+    {"start": "2025-06-02", "end": "2025-07-22"},
+]
+
+
+@asynccontextmanager
+async def ingest_client(
+    db_url: str, bootstrap: str, *, relay: bool = True, clock: Callable[[], dt.datetime] = lambda: NOW
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An ingest app (migrated database, real Kafka) behind httpx's ASGI transport."""
+    await asyncio.to_thread(upgrade, "ingest", db_url)
+    settings = Settings(
+        service="ingest", env="test", database_url=db_url, kafka_bootstrap=bootstrap, relay_enabled=relay
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime: Runtime = app.state.runtime
+        runtime.clock = clock
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            for _ in range(120):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.25)
+            yield client
+
+
+def school_body(la: str = "343", type_: str = "maintained", phase: str = "primary") -> dict[str, Any]:
+    return {
+        "name": "Test Primary",
+        "la_code": la,
+        "phase": phase,
+        "type": type_,
+        "locality": "north",
+        "ward": "Ainsdale",
+    }
+
+
+def pupil(serial: int, school_estab: int = 2000, **over: Any) -> dict[str, Any]:
+    body = {
+        "upn": make_upn(343, school_estab, 18, serial),
+        "given_name": "Alex",
+        "family_name": "Smith",
+        "date_of_birth": "2016-05-01",
+        "sex": "F",
+        "year_group": "3",
+        "home_la_code": "343",
+        "home_postcode": "PR8 1AA",
+        "ward": "Ainsdale",
+        "admission_date": "2022-09-01",
+        "fsm": False,
+        "sen": "none",
+        "parents": [{"id": f"P{serial}", "name": "Sam Smith"}],
+    }
+    body.update(over)
+    return body
+
+
+async def setup_school(
+    client: httpx.AsyncClient, urn: str, pupils: list[dict[str, Any]], la: str = "343"
+) -> None:
+    r = await client.put(f"/v1/schools/{urn}", json=school_body(la), headers=bearer(ADMIN))
+    assert r.status_code == 200, r.text
+    school = bearer("pupils:write", [urn])
+    r = await client.put(
+        f"/v1/schools/{urn}/calendar/2024-25",
+        json={
+            "terms": TERMS_2024_25,
+            "closed": [
+                {"date": "2024-09-02", "session": "ALL", "reason": "INSET"},
+                {"date": "2025-05-05", "session": "ALL", "reason": "Bank holiday"},
+                {"date": "2024-09-13", "session": "PM", "reason": "Planned closure"},
+            ],
+        },
+        headers=school,
+    )
+    assert r.status_code == 200, r.text
+    r = await client.put(f"/v1/schools/{urn}/pupils", json={"pupils": pupils}, headers=school)
+    assert r.status_code == 200, r.text
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    expect: int,
+    wait_seconds: float = 20,
+) -> list[tuple[bytes, dict[str, Any], dict[str, bytes]]]:
+    """Events on ``topic`` matching ``predicate``: waits until ``expect`` are seen (or timeout)."""
+    consumer = kafka.consumer(bootstrap, None)
+    await consumer.start()
+    found: list[tuple[bytes, dict[str, Any], dict[str, bytes]]] = []
+    try:
+        parts = [TopicPartition(topic, p) for p in range(await kafka.partition_count(bootstrap, topic))]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while len(found) < expect and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for rec in records:
+                    event = orjson.loads(rec.value)
+                    if predicate(event):
+                        found.append((rec.key, event, dict(rec.headers)))
+        # Linger briefly to catch duplicates beyond the expected count.
+        batch = await consumer.getmany(timeout_ms=1000)
+        for records in batch.values():
+            for rec in records:
+                event = orjson.loads(rec.value)
+                if predicate(event):
+                    found.append((rec.key, event, dict(rec.headers)))
+    finally:
+        await consumer.stop()
+    return found
