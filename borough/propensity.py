@@ -65,7 +65,7 @@ MU = {
     CLA: -0.05,
 }
 SIGMA = 1.15
-NEVER_ABSENT = 0.05
+NEVER_ABSENT = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +130,8 @@ def draw(
 ) -> Propensity:
     """Draw one pupil's absence propensity (see the module docstring for the model)."""
     if rng.random() < _sigmoid(severe_odds(year, school_phase, fsm, sen, care)):
-        rate = 0.505 + 0.46 * rng.betavariate(1.2, 1.9)
-        share = min(0.95, max(0.3, rng.gauss(0.6 + 0.05 * fsm, 0.12)))
+        rate = 0.505 + 0.47 * rng.betavariate(1.3, 1.5)
+        share = min(0.95, max(0.3, rng.gauss(0.57 + 0.05 * fsm, 0.12)))
         return Propensity(rate, share, True)
     if rng.random() < NEVER_ABSENT:
         return Propensity(0.0, 0.0, False)
@@ -144,5 +144,5 @@ def draw(
     else:
         rate = 0.45
     logit = math.log(rate / (1.0 - rate))
-    share_z = -1.6 + 0.6 * (logit + 2.6) + 0.25 * fsm + 0.2 * (year >= 9) + rng.gauss(0.0, 0.5)
+    share_z = -1.72 + 0.6 * (logit + 2.6) + 0.25 * fsm + 0.2 * (year >= 9) + rng.gauss(0.0, 0.5)
     return Propensity(rate, _sigmoid(share_z), False)

@@ -308,7 +308,7 @@ def _care(rng: random.Random, level: str, prop: Propensity, year: int, phase: st
     overrun = 0
     chance = 0.0
     if prop.severe:
-        chance = 0.07 if year >= 7 or phase in (SPECIAL, AP) else 0.02
+        chance = 0.1 if year >= 7 or phase in (SPECIAL, AP) else 0.03
     elif prop.rate >= 0.15:
         chance = 0.004 if year >= 5 else 0.001
     if rng.random() < chance:

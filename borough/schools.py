@@ -19,7 +19,7 @@ governance, ward) is drawn from the seed; the counts by phase are fixed.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from borough.geography import LA_CODE, WARDS, Ward, wards_in
 
@@ -58,6 +58,9 @@ SAINTS = (
     "Margaret",
 )
 SPECIAL_NAMES = ("Rowan Park", "Hawthorns", "Merefield", "Newfield", "Crosby Meadows", "Presfield", "Redgate")
+
+PHASE_TOTALS = {PRIMARY: 21_150, SECONDARY: 15_880, SPECIAL: 830}
+"""Pupils on roll by phase at scale 1.0: with the AP centres, the strategy's 37,980."""
 
 _PRIMARY_PLAN = 75
 _SECONDARY_PLAN = 18
@@ -219,4 +222,11 @@ def roster(seed: int) -> tuple[School, ...]:
             else f"{ward.places[0]} Alternative Provision Academy"
         )
         add(AP, ("maintained", "academy")[n], ward, name, 5, 11, rng.randint(44, 56), 0.0)
-    return tuple(schools)
+    # Scale each phase to its planned total so every seed gives a borough of the same size.
+    totals: dict[str, int] = {}
+    for school in schools:
+        totals[school.phase] = totals.get(school.phase, 0) + school.size
+    return tuple(
+        replace(s, size=round(s.size * PHASE_TOTALS[s.phase] / totals[s.phase])) if s.phase in PHASE_TOTALS else s
+        for s in schools
+    )

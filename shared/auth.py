@@ -158,3 +158,24 @@ def mint_token(
     if la is not None:
         claims["la"] = la
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def main() -> None:
+    """``python -m shared.auth --scope marks:write --school 104001``: print a development token."""
+    import argparse  # noqa: PLC0415 - CLI only
+
+    parser = argparse.ArgumentParser(description="Mint an HS256 development token with ROLLCALL_JWT_SECRET.")
+    parser.add_argument("--sub", default="dev")
+    parser.add_argument("--scope", action="append", default=[], help="repeatable, e.g. --scope marks:write")
+    parser.add_argument("--school", action="append", help="repeatable URN; omit for an LA-wide token")
+    parser.add_argument("--la")
+    parser.add_argument("--ttl", type=int, default=8 * 3600)
+    args = parser.parse_args()
+    settings = Settings()
+    if settings.jwks_url:
+        raise SystemExit("tokens come from the identity provider when ROLLCALL_JWKS_URL is set")
+    print(mint_token(settings.jwt_secret.get_secret_value(), args.sub, args.scope, args.school, args.la, args.ttl))
+
+
+if __name__ == "__main__":
+    main()
