@@ -71,23 +71,35 @@ async def end_offsets(bootstrap: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        parts = [TopicPartition(Topic.MARKS, p) for p in range(await kafka.partition_count(bootstrap, Topic.MARKS))]
+        parts = [
+            TopicPartition(Topic.MARKS, p) for p in range(await kafka.partition_count(bootstrap, Topic.MARKS))
+        ]
         offsets = await consumer.end_offsets(parts)
         return int(sum(offsets.values()))
     finally:
         await consumer.stop()
 
 
+def start_ingest(db_url: str, bootstrap: str, port: int) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        ROLLCALL_ENV="test",
+        ROLLCALL_SERVICE="ingest",
+        ROLLCALL_DATABASE_URL=db_url,
+        ROLLCALL_KAFKA_BOOTSTRAP=bootstrap,
+        ROLLCALL_LOG_LEVEL="WARNING",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "services.ingest.app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 async def run_backend(name: str, db_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
     await asyncio.to_thread(upgrade, "ingest", db_url)
     port = free_port()
-    env = dict(os.environ, ROLLCALL_ENV="test", ROLLCALL_SERVICE="ingest", ROLLCALL_DATABASE_URL=db_url,
-               ROLLCALL_KAFKA_BOOTSTRAP=bootstrap, ROLLCALL_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "services.ingest.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = await asyncio.to_thread(start_ingest, db_url, bootstrap, port)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=120) as client:
@@ -106,20 +118,39 @@ async def run_backend(name: str, db_url: str, bootstrap: str, args: argparse.Nam
             headers: dict[str, dict[str, str]] = {}
             upns: dict[str, list[str]] = {}
             for i, urn in enumerate(schools):
-                headers[urn] = {
-                    "Authorization": f"Bearer {mint_token(DEV_JWT_SECRET, 'mis', ['marks:write', 'pupils:write'], [urn])}",
-                    "Content-Type": "application/json",
-                }
+                mis = mint_token(DEV_JWT_SECRET, "mis", ["marks:write", "pupils:write"], [urn])
+                headers[urn] = {"Authorization": f"Bearer {mis}", "Content-Type": "application/json"}
                 body = {"name": f"Bench {urn}", "la_code": "343", "phase": "secondary", "type": "academy"}
                 (await client.put(f"/v1/schools/{urn}", json=body, headers=admin)).raise_for_status()
-                (await client.put(f"/v1/schools/{urn}/calendar/2024-25", json={"terms": TERMS, "closed": []},
-                                  headers=headers[urn])).raise_for_status()
+                (
+                    await client.put(
+                        f"/v1/schools/{urn}/calendar/2024-25",
+                        json={"terms": TERMS, "closed": []},
+                        headers=headers[urn],
+                    )
+                ).raise_for_status()
                 upns[urn] = [make_upn(343, 4000 + i, 20, n) for n in range(args.pupils)]
-                roster = [{"upn": u, "given_name": "A", "family_name": "B", "date_of_birth": "2011-01-01",
-                           "year_group": "9", "home_la_code": "343", "admission_date": "2020-09-01",
-                           "fsm": False, "sen": "none"} for u in upns[urn]]
-                (await client.put(f"/v1/schools/{urn}/pupils", content=orjson.dumps({"pupils": roster}),
-                                  headers=headers[urn])).raise_for_status()
+                roster = [
+                    {
+                        "upn": u,
+                        "given_name": "A",
+                        "family_name": "B",
+                        "date_of_birth": "2011-01-01",
+                        "year_group": "9",
+                        "home_la_code": "343",
+                        "admission_date": "2020-09-01",
+                        "fsm": False,
+                        "sen": "none",
+                    }
+                    for u in upns[urn]
+                ]
+                (
+                    await client.put(
+                        f"/v1/schools/{urn}/pupils",
+                        content=orjson.dumps({"pupils": roster}),
+                        headers=headers[urn],
+                    )
+                ).raise_for_status()
             await asyncio.sleep(1)
             before = await end_offsets(bootstrap)
             latencies: list[float] = []
@@ -129,8 +160,11 @@ async def run_backend(name: str, db_url: str, bootstrap: str, args: argparse.Nam
                 sent = 0
                 for b in range(args.batches):
                     batch_slots = slots[b * sessions_per_batch : (b + 1) * sessions_per_batch]
-                    marks = [{"upn": u, "date": d.isoformat(), "session": s, "code": codes[(k + j) % 10]}
-                             for j, (d, s) in enumerate(batch_slots) for k, u in enumerate(upns[urn])]
+                    marks = [
+                        {"upn": u, "date": d.isoformat(), "session": s, "code": codes[(k + j) % 10]}
+                        for j, (d, s) in enumerate(batch_slots)
+                        for k, u in enumerate(upns[urn])
+                    ]
                     body = orjson.dumps({"marks": marks})
                     t0 = time.perf_counter()
                     r = await client.post(f"/v1/schools/{urn}/marks", content=body, headers=headers[urn])
@@ -175,7 +209,9 @@ async def fresh_postgres(base: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--schools", type=int, default=4)
     parser.add_argument("--pupils", type=int, default=1000, help="pupils per school (batch = 10,000 marks)")
     parser.add_argument("--batches", type=int, default=5, help="batches per school")
@@ -201,12 +237,17 @@ def main() -> None:
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\ningest throughput — {os.cpu_count()} cores, {args.schools} schools × {args.batches} batches "
-          f"of {min(10_000, args.pupils * max(1, 10_000 // args.pupils))} marks")
-    print(f"{'database':<11}{'marks':>9}{'durable/s':>12}{'published/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'backlog':>9}")
+    print(
+        f"\ningest throughput — {os.cpu_count()} cores, {args.schools} schools × {args.batches} batches "
+        f"of {min(10_000, args.pupils * max(1, 10_000 // args.pupils))} marks"
+    )
+    columns = ("marks", "durable/s", "published/s", "p50 ms", "p99 ms", "backlog")
+    print(f"{'database':<11}" + "".join(f"{c:>12}" for c in columns))
     for backend, r in rows:
-        print(f"{backend:<11}{r['marks']:>9.0f}{r['durable_per_s']:>12.0f}{r['published_per_s']:>14.0f}"
-              f"{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}{r['backlog_at_last_200']:>9.0f}")
+        print(
+            f"{backend:<11}{r['marks']:>9.0f}{r['durable_per_s']:>12.0f}{r['published_per_s']:>14.0f}"
+            f"{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}{r['backlog_at_last_200']:>9.0f}"
+        )
 
 
 if __name__ == "__main__":

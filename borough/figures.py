@@ -21,6 +21,15 @@ of compulsory school age), 10-day unauthorised runs, pupils reaching 15 days of 
 absence sessions of pupils with a social worker or ETAC, provisional Ns left more than 5
 school days and part-time timetables used past their end. They are order-of-magnitude
 checks, not a specification of the rules.
+
+Measured (seed 2024, scale 1.0, whole year; ``python -m borough figures``): 102 schools,
+38,024 pupils, 14.12 M marks of which 135 k are corrections of a provisional N.
+Overall absence 7.78 % (strategy 7.8), authorised 5.24 (5.2), unauthorised 2.54 (2.6),
+persistent 22.70 (22.6), severe 1.79 (1.7–1.9). SA cohort of 680: FSM 63.8 % (62.2),
+SEN support 36.9 (38.3), EHCP 17.4 (17.5), early help 10.7 (11.0), CIN 6.5 (5.8), CP 2.9
+(2.9), looked after 0.9 (1.5: 6 children where 10 were expected), secondary age 88.1 (89.5).
+By phase: primary 6.0 % / PA 17.6, secondary 9.7 / 28.3, special 12.4 / 35.0, AP 38.3 / 77.6.
+Other seeds land within about ±0.25 points (SA 1.8–2.0 %), as school draws differ.
 """
 
 from __future__ import annotations

@@ -17,13 +17,17 @@ Order of calls (CONTRACT.md "ingest"):
    sent one after another; different schools' batches run in parallel, at most `concurrency`
    requests in flight.
 
-Bodies are serialised with orjson and sent as ``content=`` bytes with
-``content-type: application/json``. Any non-2xx response, or any mark in ``rejected``, stops
-the load with `LoadError` carrying the problem JSON (the CLI exits non-zero). A refused
+Tokens are HS256, signed with ``ROLLCALL_JWT_SECRET`` (default: the services' development
+secret, `shared.settings.DEV_JWT_SECRET`). Bodies are serialised with orjson and sent as
+``content=`` bytes with ``content-type: application/json``. Any non-2xx response, or any mark
+in ``rejected``, stops the load with `LoadError` carrying the problem JSON (the CLI exits non-zero). A refused
 connection or a 503 is retried a few times with backoff: neither means the batch was applied.
 
 Loading into an empty ingest store, ``accepted`` should equal the first marks sent and
-``amended`` the corrections; loading again gives only ``unchanged``.
+``amended`` the corrections. Loading the same range again gives ``unchanged`` for everything
+except the provisional Ns, which are replayed (the N amends the corrected code, then the
+correction amends it back). UPNs are a function of school and serial, so a store should hold
+one (seed, scale) only: a different scale gives different children the same UPNs.
 """
 
 from __future__ import annotations
@@ -40,13 +44,12 @@ import httpx
 import orjson
 from tqdm import tqdm
 
-from shared.auth import mint_token
-
 from borough.generate import Borough
 from borough.registers import Mark, SchoolRegisters
 from borough.terms import YEAR
+from shared.auth import mint_token
+from shared.settings import DEV_JWT_SECRET
 
-DEFAULT_SECRET = "dev-secret-change-me"
 ADMIN_SCOPES = ("admin", "pupils:write", "marks:write", "care:write")
 SCHOOL_SCOPES = ("marks:write", "pupils:write")
 ROSTER_CHUNK = 5000
@@ -117,7 +120,7 @@ class Loader:
             raise ValueError("period is 'day' or 'week'")
         self.client = client
         self.borough = borough
-        self.secret = secret or os.environ.get("ROLLCALL_JWT_SECRET", DEFAULT_SECRET)
+        self.secret = secret or os.environ.get("ROLLCALL_JWT_SECRET", DEV_JWT_SECRET)
         self.batch = batch
         self.period = period
         self.progress = progress
@@ -171,7 +174,9 @@ class Loader:
         await self._send("PUT", f"/v1/schools/{urn}/calendar/{YEAR}", year.calendar.body(), token, "calendar")
         bodies = [e.body() for e in year.enrolments]
         for i in range(0, len(bodies), ROSTER_CHUNK):
-            await self._send("PUT", f"/v1/schools/{urn}/pupils", {"pupils": bodies[i : i + ROSTER_CHUNK]}, token, "roll")
+            await self._send(
+                "PUT", f"/v1/schools/{urn}/pupils", {"pupils": bodies[i : i + ROSTER_CHUNK]}, token, "roll"
+            )
         for e in year.enrolments:
             care = e.pupil.care
             upn = e.pupil.upn
@@ -210,7 +215,9 @@ class Loader:
 
     def _periods(self, start: date, end: date) -> list[tuple[date, date]]:
         if self.period == "day":
-            return [(start + timedelta(days=i), start + timedelta(days=i)) for i in range((end - start).days + 1)]
+            return [
+                (start + timedelta(days=i), start + timedelta(days=i)) for i in range((end - start).days + 1)
+            ]
         out: list[tuple[date, date]] = []
         monday = start - timedelta(days=start.weekday())
         while monday <= end:
@@ -229,7 +236,9 @@ class Loader:
                 raise LoadError(f"POST /v1/schools/{urn}/marks", 200, {"rejected": result["rejected"][:20]})
             counted = result["accepted"] + result["amended"] + result["unchanged"]
             if counted != len(marks):
-                raise LoadError(f"POST /v1/schools/{urn}/marks: counts do not add up to {len(marks)}", 200, result)
+                raise LoadError(
+                    f"POST /v1/schools/{urn}/marks: counts do not add up to {len(marks)}", 200, result
+                )
             self.stats.accepted += result["accepted"]
             self.stats.amended += result["amended"]
             self.stats.unchanged += result["unchanged"]
@@ -252,8 +261,13 @@ class Loader:
     async def send_marks(self, registers: dict[str, SchoolRegisters], start: date, end: date) -> None:
         """Every mark from `start` to `end`, period by period across all schools."""
         began = time.perf_counter()
-        bar = tqdm(total=self.count_marks(registers, start, end), unit="mark", unit_scale=True, desc="marks",
-                   disable=not self.progress)
+        bar = tqdm(
+            total=self.count_marks(registers, start, end),
+            unit="mark",
+            unit_scale=True,
+            desc="marks",
+            disable=not self.progress,
+        )
         try:
             for first, last in self._periods(start, end):
                 async with asyncio.TaskGroup() as group:
@@ -312,7 +326,13 @@ async def load(
         base_url=ingest.rstrip("/"), timeout=httpx.Timeout(300.0), limits=limits, transport=transport
     ) as client:
         loader = Loader(
-            client, borough, secret=secret, batch=batch, concurrency=concurrency, period=period, progress=progress
+            client,
+            borough,
+            secret=secret,
+            batch=batch,
+            concurrency=concurrency,
+            period=period,
+            progress=progress,
         )
         try:
             registers = await loader.register()

@@ -7,6 +7,7 @@ resemblance of a generated child to a real one is chance. Parents take the child
 
 from __future__ import annotations
 
+# fmt: off
 GIRLS = (
     "Olivia",
     "Amelia",
@@ -197,3 +198,4 @@ FAMILY = (
     "Molyneux",
     "Sutton",
 )
+# fmt: on

@@ -15,9 +15,9 @@ any school can be generated alone and in any order. Prevalences follow SPEC §11
 * A few pupils cross the border (home LA 340 Knowsley, 341 Liverpool, 344 Wirral, 888
   Lancashire; 1.5 % of primary, 4 % of secondary pupils); their EHCPs are maintained by the
   home LA.
-* **Part-time timetables** (code C2) for about 90 pupils, mostly disengaged secondary pupils,
+* **Part-time timetables** (code C2) for about 70 pupils, mostly disengaged secondary pupils,
   4–8 school weeks agreed; a third run past the agreed end (the overdue signal). **ETAC** for
-  about 40 pupils with high absence.
+  about 25 pupils with high absence.
 
 Dates of birth match the year group (Year N in 2024-25 was born 1 Sept (2019−N) to 31 Aug
 (2020−N)). Pupils starting Reception or Year 7 are admitted on 3 September 2024; older pupils

@@ -2,9 +2,10 @@
 
 For each enrolment the generator starts from a full register (``/`` mornings, ``\\``
 afternoons on every school session between admission and leaving), lays down the sessions the
-pupil cannot attend (``D`` dual registration, ``X`` staggered Reception starts, ``Y1``–``Y7``,
-``Q``), then spends the pupil's absence budget — round(rate × possible sessions), see
-`borough.propensity` — in episodes the way absence really falls:
+pupil cannot attend (``D`` dual registration, ``X`` staggered Reception starts for children
+not yet of compulsory school age, ``Y1``–``Y5`` and ``Y7``, ``Q``), then spends the pupil's
+absence budget — round(rate × possible sessions), see `borough.propensity` — in episodes
+the way absence really falls:
 
 * **illness** (``I``) in spells of 1–10 days, more in December–January and on Mondays, the
   odd afternoon sent home; a few long spells (15+ days: the sickness return);
@@ -13,8 +14,9 @@ pupil cannot attend (``D`` dual registration, ``X`` staggered Reception starts, 
   31 March and Eid al-Adha 6 June 2025), and the rare ``T``, ``C1``, ``J1`` (Year 11
   interviews), ``S`` (Year 11 study leave);
 * **term-time holidays** (``G``) of 3–5 days, one in ten a fortnight (the attendance return),
-  against a half-term or the Christmas/Easter/summer break, taken by about 11 % of primary and
-  5 % of secondary families — a 5-day holiday alone meets the penalty threshold;
+  against a half-term or the Christmas/Easter/summer break: about 11 % of primary and 6 % of
+  secondary pupils have one (fewer among FSM families) — a 5-day holiday alone meets the
+  penalty threshold;
 * **unexplained absence** (``O``) on single days or short runs with a strong Monday/Friday
   bias; for disengaged pupils long runs of 2–20 school days (the 10-day attendance return);
   **late after the register closed** (``U``) for late-prone pupils; the odd ``N`` never resolved;
@@ -48,6 +50,7 @@ from borough.schools import AP, PRIMARY, SECONDARY, SPECIAL, School
 from borough.terms import Calendar
 from shared.csa import is_compulsory_school_age
 
+# fmt: off
 CODES: tuple[str, ...] = (
     "",  # no mark: not on roll or not a school session
     "/",
@@ -448,9 +451,9 @@ def build(enrolment: Enrolment, timetable: Timetable, events: SchoolEvents, seed
     # Part-time timetable: afternoons on C2 between the agreed dates (and past them, if overdue).
     care = pupil.care
     if care.part_time_timetable is not None and budget:
-        start, end = care.part_time_timetable
-        first_day = bisect_left(days, start)
-        last_day = bisect_right(days, end) + care.timetable_overrun_days
+        agreed_from, agreed_to = care.part_time_timetable
+        first_day = bisect_left(days, agreed_from)
+        last_day = bisect_right(days, agreed_to) + care.timetable_overrun_days
         c2 = INDEX["C2"]
         for d in range(max(lo, first_day), min(hi, last_day)):
             if codes[2 * d + 1] in _FREE:
@@ -554,8 +557,8 @@ def build(enrolment: Enrolment, timetable: Timetable, events: SchoolEvents, seed
             pen.overlay(pen.pick(None), INDEX["P"], _PM)
     if pupil.year >= 7 and dual is None and prop.rate >= 0.15 and rng.random() < 0.03:
         weekday = rng.randint(0, 4)
-        start = pen.pick(None)
-        for d in range(start, min(hi, start + rng.randint(30, 60))):
+        k_from = pen.pick(None)
+        for d in range(k_from, min(hi, k_from + rng.randint(30, 60))):
             if weekdays[d] == weekday:
                 pen.overlay(d, INDEX["K"])
     if rng.random() < 0.01:

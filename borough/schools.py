@@ -25,6 +25,7 @@ from borough.geography import LA_CODE, WARDS, Ward, wards_in
 
 PRIMARY, SECONDARY, SPECIAL, AP = "primary", "secondary", "special", "alternative_provision"
 
+# fmt: off
 SAINTS = (
     "Mary",
     "John",
@@ -57,6 +58,7 @@ SAINTS = (
     "Helen",
     "Margaret",
 )
+# fmt: on
 SPECIAL_NAMES = ("Rowan Park", "Hawthorns", "Merefield", "Newfield", "Crosby Meadows", "Presfield", "Redgate")
 
 PHASE_TOTALS = {PRIMARY: 21_150, SECONDARY: 15_880, SPECIAL: 830}
@@ -107,7 +109,8 @@ class School:
 
 
 def _postcode(rng: random.Random, ward: Ward) -> str:
-    return f"{ward.district} {rng.randint(1, 9)}{rng.choice('ABDEFGHJLNPQRSTUWXYZ')}{rng.choice('ABDEFGHJLNPQRSTUWXYZ')}"
+    letters = "ABDEFGHJLNPQRSTUWXYZ"
+    return f"{ward.district} {rng.randint(1, 9)}{rng.choice(letters)}{rng.choice(letters)}"
 
 
 def roster(seed: int) -> tuple[School, ...]:
@@ -128,10 +131,8 @@ def roster(seed: int) -> tuple[School, ...]:
             name = f"{base} ({ward.places[n % 2]})" if n < 4 else f"{base} {n}"
             n += 1
         names.add(name)
-        if kind in ("maintained", "independent"):
-            urn = str(104001 + 7 * i)
-        else:
-            urn = str(140002 + 13 * i)
+        # Maintained and independent schools have old URNs, academies and free schools new ones.
+        urn = str(104001 + 7 * i) if kind in ("maintained", "independent") else str(140002 + 13 * i)
         estab = {PRIMARY: 2001 + 7 * i, SECONDARY: 4001 + 11 * i, SPECIAL: 7001 + 3 * i, AP: 1101 + i}[phase]
         if kind == "independent":
             estab = 6001 + i
@@ -227,6 +228,8 @@ def roster(seed: int) -> tuple[School, ...]:
     for school in schools:
         totals[school.phase] = totals.get(school.phase, 0) + school.size
     return tuple(
-        replace(s, size=round(s.size * PHASE_TOTALS[s.phase] / totals[s.phase])) if s.phase in PHASE_TOTALS else s
+        replace(s, size=round(s.size * PHASE_TOTALS[s.phase] / totals[s.phase]))
+        if s.phase in PHASE_TOTALS
+        else s
         for s in schools
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import os
 import signal
@@ -47,7 +48,10 @@ class Stack:
         return self.run_dir / f"{name}.pid"
 
     def start_kafka(self) -> None:
-        print(f"kafka: starting on {self.broker.bootstrap} (first run fetches it from Maven Central)…", flush=True)
+        print(
+            f"kafka: starting on {self.broker.bootstrap} (first run fetches it from Maven Central)…",
+            flush=True,
+        )
         self.broker.start()
         created = asyncio.run(ensure_topics(self.broker.bootstrap))
         print(f"kafka: ready; topics created: {', '.join(created) or 'already there'}", flush=True)
@@ -72,8 +76,18 @@ class Stack:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", f"services.{name}.app:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(PORTS[name]), "--no-access-log", "--log-level", "warning",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                f"services.{name}.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(PORTS[name]),
+                "--no-access-log",
+                "--log-level",
+                "warning",
             ],
             cwd=ROOT,
             env=env,
@@ -82,7 +96,10 @@ class Stack:
             start_new_session=True,
         )
         self.pidfile(name).write_text(str(proc.pid))
-        print(f"{name}: starting on http://127.0.0.1:{PORTS[name]} (log {self.log_dir / (name + '.log')})", flush=True)
+        print(
+            f"{name}: starting on http://127.0.0.1:{PORTS[name]} (log {self.log_dir / (name + '.log')})",
+            flush=True,
+        )
 
     def wait_ready(self, name: str, timeout: float = 60) -> None:
         url = f"http://127.0.0.1:{PORTS[name]}/readyz"
@@ -102,10 +119,8 @@ class Stack:
             pidfile = self.pidfile(name)
             if not pidfile.exists():
                 continue
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.killpg(int(pidfile.read_text()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
             pidfile.unlink(missing_ok=True)
 
     def down(self) -> None:
@@ -116,25 +131,41 @@ class Stack:
 
 def load_demo(args: argparse.Namespace) -> None:
     cmd = [
-        sys.executable, "-m", "borough", "load",
-        "--ingest", f"http://127.0.0.1:{PORTS['ingest']}",
-        "--seed", str(args.seed), "--scale", str(args.scale),
-        "--from", args.demo_from, "--to", args.demo_to,
+        sys.executable,
+        "-m",
+        "borough",
+        "load",
+        "--ingest",
+        f"http://127.0.0.1:{PORTS['ingest']}",
+        "--seed",
+        str(args.seed),
+        "--scale",
+        str(args.scale),
+        "--from",
+        args.demo_from,
+        "--to",
+        args.demo_to,
     ]
     print("demo: loading the synthetic borough through the ingest API:", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=["up", "down"])
-    parser.add_argument("--data", type=Path, default=ROOT / "data", help="folder for databases, Kafka and logs")
+    parser.add_argument(
+        "--data", type=Path, default=ROOT / "data", help="folder for databases, Kafka and logs"
+    )
     parser.add_argument("--no-demo", action="store_true", help="start the stack without loading demo data")
     parser.add_argument("--detach", action="store_true", help="leave the stack running and return")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the borough's pupils to load")
     parser.add_argument("--demo-from", default="2024-09-02", help="first date of demo marks")
-    parser.add_argument("--demo-to", default="2024-09-30", help="last date of demo marks (2025-07-22: whole year)")
+    parser.add_argument(
+        "--demo-to", default="2024-09-30", help="last date of demo marks (2025-07-22: whole year)"
+    )
     args = parser.parse_args()
     stack = Stack(args.data)
     if args.action == "down":

@@ -9,6 +9,7 @@ scope, or for a school it may not act for, is a 403.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -162,8 +163,6 @@ def mint_token(
 
 def main() -> None:
     """``python -m shared.auth --scope marks:write --school 104001``: print a development token."""
-    import argparse  # noqa: PLC0415 - CLI only
-
     parser = argparse.ArgumentParser(description="Mint an HS256 development token with ROLLCALL_JWT_SECRET.")
     parser.add_argument("--sub", default="dev")
     parser.add_argument("--scope", action="append", default=[], help="repeatable, e.g. --scope marks:write")
@@ -173,8 +172,12 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     if settings.jwks_url:
-        raise SystemExit("tokens come from the identity provider when ROLLCALL_JWKS_URL is set")
-    print(mint_token(settings.jwt_secret.get_secret_value(), args.sub, args.scope, args.school, args.la, args.ttl))
+        raise SystemExit("with ROLLCALL_JWKS_URL set, tokens come from the identity provider")
+    print(
+        mint_token(
+            settings.jwt_secret.get_secret_value(), args.sub, args.scope, args.school, args.la, args.ttl
+        )
+    )
 
 
 if __name__ == "__main__":

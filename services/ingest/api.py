@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,6 +24,8 @@ from shared.auth import Principal, Scope, forbidden, require
 from shared.bodies import media_type, read_body
 from shared.problems import Problem, validation_errors
 from shared.service import Runtime
+
+MARKS = Counter("rollcall_ingest_marks_total", "Marks received, by outcome", ["outcome"])
 
 UrnPath = Annotated[str, Path(pattern=r"^[0-9]{6,7}$", description="The school's URN")]
 YearPath = Annotated[str, Path(pattern=r"^[0-9]{4}-[0-9]{2}$", description="Academic year, e.g. 2024-25")]
@@ -219,6 +222,13 @@ def add_routes(app: FastAPI) -> None:
             result = await marks.record_marks(conn, urn, raw, rt.today(), rt.now())
         if result.accepted or result.amended:
             rt.relay.wake()
+        for outcome, n in (
+            ("accepted", result.accepted),
+            ("amended", result.amended),
+            ("unchanged", result.unchanged),
+            ("rejected", len(result.rejected)),
+        ):
+            MARKS.labels(outcome).inc(n)
         return result
 
     app.include_router(router)

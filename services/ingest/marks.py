@@ -103,7 +103,7 @@ def parse_csv(body: bytes) -> list[Any]:
             if not any(c.strip() for c in cells):
                 continue  # blank lines are not marks
             if len(cells) != len(header):
-                rows.append(cells)  # rejected later with a clear reason
+                rows.append(tuple(cells))  # rejected later with a clear reason (a tuple: never JSON)
                 continue
             row = {k: v.strip() for k, v in zip(header, cells, strict=True)}
             if row.get("minutes_late") == "":
@@ -168,9 +168,9 @@ def _shape(raw: Any) -> MarkIn | str:
     """The mark, or why its shape is wrong (one sentence naming the field)."""
     if not isinstance(raw, dict):
         return (
-            "a mark must be an object with upn, date, session and code"
-            if not isinstance(raw, list)
-            else ("the CSV row does not have one value per header column")
+            "the CSV row does not have one value per header column"
+            if isinstance(raw, tuple)
+            else "a mark must be an object with upn, date, session and code"
         )
     try:
         return MarkIn.model_validate(raw)

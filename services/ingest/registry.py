@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.ingest import tables as t
 from services.ingest.schemas import CalendarIn, CareIn, PupilIn, RosterIn, RosterResult, SchoolIn
 from shared.calendar import AcademicYear, CalendarError, Closure, SchoolCalendar, Term
+from shared.csa import birthday
 from shared.db import lock_school
 from shared.events import EventType, Topic, new_event
 from shared.outbox import enqueue, outbox_records
@@ -113,6 +114,7 @@ def _roster_errors(pupils: list[PupilIn], today: dt.date) -> tuple[list[str], li
     def err(i: int, f: str, code: str, detail: str) -> None:
         errors.append({"index": i, "field": f"pupils.{i}.{f}", "code": code, "detail": detail})
 
+    earliest_birth = birthday(today, -30)  # not today.replace(year=...): 29 February has no such day
     for i, p in enumerate(pupils):
         try:
             upn = validate_upn(p.upn)
@@ -123,7 +125,7 @@ def _roster_errors(pupils: list[PupilIn], today: dt.date) -> tuple[list[str], li
             err(i, "upn", "duplicate", "the same UPN appears twice in this roster")
         seen.add(upn)
         upns.append(upn)
-        if p.date_of_birth >= today or p.date_of_birth < today.replace(year=today.year - 30):
+        if p.date_of_birth >= today or p.date_of_birth < earliest_birth:
             err(i, "date_of_birth", "date_range", "date of birth is not plausible for a pupil")
         if p.leaving_date is not None and p.leaving_date < p.admission_date:
             err(i, "leaving_date", "date_order", "leaving date is before the admission date")
