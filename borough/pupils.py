@@ -405,6 +405,9 @@ def enrol(seed: int, school: School, scale: float) -> list[Enrolment]:
                 leaving = Y11_LEAVING
             elif not arrival and rng.random() < 0.03:
                 leaving = _weekday_between(rng, date(2024, 9, 20), date(2025, 7, 10))
+            if leaving is not None and leaving <= admission:
+                # A Year 11 arrival in late June would leave before arriving: arrive earlier instead.
+                admission = _weekday_between(rng, date(2024, 9, 10), leaving - timedelta(days=21))
             out.append(Enrolment(pupil, school.urn, admission, leaving, None, school.phase))
     return out
 
