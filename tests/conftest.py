@@ -56,6 +56,8 @@ async def postgres_url() -> AsyncIterator[str]:
     """A new, empty PostgreSQL database for one test, dropped afterwards."""
     base = postgres_admin_url()
     if not base:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test PostgreSQL: ROLLCALL_TEST_POSTGRES_URL is not set")
         pytest.skip("ROLLCALL_TEST_POSTGRES_URL is not set (run `make test`)")
     dsn = base.replace("postgresql+asyncpg://", "postgresql://")
     name = f"rollcall_t_{uuid.uuid4().hex[:12]}"

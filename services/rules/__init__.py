@@ -1,1 +1,1 @@
-"""Rules service: measures, bands and signals from the register (issue 3; not built yet)."""
+"""Rules service: every pupil's measures, band and signals, recomputed as marks arrive (SPEC §3–§6)."""
