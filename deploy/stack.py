@@ -172,6 +172,9 @@ def main() -> None:
         stack.down()
         return
     stack.start_kafka()
+    if not args.no_demo:
+        # The demo is a past school year: every service behaves as if today were its last day.
+        os.environ.setdefault("ROLLCALL_TODAY", args.demo_to)
     names = available_services()
     try:
         for name in names:

@@ -11,6 +11,8 @@ import hashlib
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -69,3 +71,21 @@ async def lock_school(conn: AsyncConnection, urn: str) -> None:
 def sync_url(url: str) -> str:
     """The synchronous driver URL for Alembic (aiosqlite → pysqlite, asyncpg → psycopg)."""
     return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+
+
+async def upsert(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """Insert ``rows`` or, where the key exists, overwrite the other columns (SQLite and PostgreSQL)."""
+    if not rows:
+        return
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(table)
+    columns = [c for c in rows[0] if c not in keys]
+    stmt = (
+        stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in columns})
+        if columns
+        else stmt.on_conflict_do_nothing(index_elements=keys)
+    )
+    # SQLite limits bound parameters per statement; PostgreSQL to 32,767. Chunk to stay under both.
+    per_chunk = max(1, 30_000 // max(1, len(rows[0])))
+    for start in range(0, len(rows), per_chunk):
+        await conn.execute(stmt, rows[start : start + per_chunk])

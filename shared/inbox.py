@@ -33,3 +33,17 @@ async def seen(conn: AsyncConnection, table: Table, event_id: str) -> bool:
     return (
         await conn.execute(select(table.c.event_id).where(table.c.event_id == event_id))
     ).first() is not None
+
+
+async def first_times(conn: AsyncConnection, table: Table, event_ids: list[str]) -> set[str]:
+    """Record a batch of event ids; returns those not processed before (one query per 1,000 ids)."""
+    new: set[str] = set()
+    for start in range(0, len(event_ids), 1000):
+        chunk = list(dict.fromkeys(event_ids[start : start + 1000]))
+        rows = await conn.execute(select(table.c.event_id).where(table.c.event_id.in_(chunk)))
+        done = {r.event_id for r in rows}
+        fresh = [i for i in chunk if i not in done]
+        if fresh:
+            await conn.execute(table.insert(), [{"event_id": i} for i in fresh])
+        new.update(fresh)
+    return new

@@ -159,7 +159,7 @@ class OutboxRelay:
                 self.healthy = True
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the rows, retry later
                 self.healthy = False
                 log.warning("outbox_relay_retry", error_type=type(exc).__name__)
                 published = 0

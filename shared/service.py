@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -40,6 +41,7 @@ class Runtime:
     producer: AIOKafkaProducer
     relay: OutboxRelay
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)  # the service's own long-lived objects
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def now(self) -> datetime:
@@ -47,21 +49,31 @@ class Runtime:
 
     def today(self) -> date:
         """Today in the LA's time zone (policy), which is what a register date means."""
-        return self.clock().astimezone(ZoneInfo(self.policy.timezone)).date()
+        return self.clock().astimezone(self.policy.zone).date()
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}
         try:
             await asyncio.wait_for(ping(self.engine), timeout=3)
             checks["database"] = "ok"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
             checks["database"] = type(exc).__name__
         try:
             await asyncio.wait_for(self.producer.client.fetch_all_metadata(), timeout=3)
             checks["kafka"] = "ok"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
             checks["kafka"] = type(exc).__name__ or "unreachable"
         return checks
+
+
+def fixed_day_clock(day: date, zone: ZoneInfo) -> Callable[[], datetime]:
+    """A clock that reads ``day`` at the real time of day (in the LA's zone)."""
+
+    def clock() -> datetime:
+        real = datetime.now(zone)
+        return datetime.combine(day, real.timetz()).astimezone(UTC)
+
+    return clock
 
 
 async def _start_producer(producer: AIOKafkaProducer) -> None:
@@ -71,7 +83,7 @@ async def _start_producer(producer: AIOKafkaProducer) -> None:
         try:
             await producer.start()
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the broker may not be up yet
             log.warning("kafka_unavailable", error_type=type(exc).__name__, retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
@@ -96,6 +108,7 @@ def service_app(
     description: str,
     routers: list[Callable[[FastAPI], None]],
     version: str = "1.0.0",
+    workers: Sequence[Callable[[Runtime], Coroutine[Any, Any, None]]] = (),
 ) -> FastAPI:
     """A FastAPI app with the shared lifespan, problem handlers, metrics and health routes."""
 
@@ -107,7 +120,11 @@ def service_app(
         producer = kafka.producer(settings.kafka_bootstrap)
         relay = OutboxRelay(engine, outbox, producer, batch=settings.relay_batch)
         runtime = Runtime(settings, policy, engine, producer, relay)
+        if settings.today is not None:
+            runtime.clock = fixed_day_clock(settings.today, policy.zone)
         runtime.tasks.append(asyncio.create_task(_relay_when_ready(runtime)))
+        for worker in workers:
+            runtime.tasks.append(asyncio.create_task(worker(runtime)))
         app.state.runtime = runtime
         app.state.verifier = TokenVerifier(settings)
         log.info("service_started", service=name, env=settings.env, policy_version=policy.version)

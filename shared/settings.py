@@ -7,6 +7,7 @@ start with the built-in development JWT secret and no JWKS URL.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True
+    # Pretend today is this date (demos of a past year, tests); the time of day stays real.
+    today: date | None = None
+    scheduler_seconds: float = 60.0
+    consumer_group: str | None = None  # default rollcall-<service>
+
+    @property
+    def group(self) -> str:
+        return self.consumer_group or f"rollcall-{self.service}"
 
     @model_validator(mode="after")
     def _refuse_default_secret_outside_dev(self) -> Settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -52,26 +52,44 @@ def postgres_admin_url() -> str | None:
 
 
 @pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+def postgres_databases() -> Iterator[Callable[[], Awaitable[str]]]:
+    """Makes new, empty PostgreSQL databases (one per service: they own same-named tables);
+    all are dropped after the test."""
     base = postgres_admin_url()
     if not base:
         if os.environ.get("CI"):
             pytest.fail("CI must test PostgreSQL: ROLLCALL_TEST_POSTGRES_URL is not set")
         pytest.skip("ROLLCALL_TEST_POSTGRES_URL is not set (run `make test`)")
     dsn = base.replace("postgresql+asyncpg://", "postgresql://")
-    name = f"rollcall_t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield base.rsplit("/", 1)[0] + f"/{name}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    made: list[str] = []
+
+    async def make() -> str:
+        name = f"rollcall_t_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        made.append(name)
+        return base.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for name in made:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def postgres_url(postgres_databases: Callable[[], Awaitable[str]]) -> str:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    return await postgres_databases()
 
 
 def token(scopes: str, schools: list[str] | None = None, la: str | None = None, sub: str = "test") -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import tables
-from services.ingest.app import create_app
 from shared import kafka
 from shared.migrate import upgrade
 from shared.service import Runtime
@@ -38,25 +38,40 @@ TERMS_2024_25 = [
 
 
 @asynccontextmanager
-async def ingest_client(
-    db_url: str, bootstrap: str, *, relay: bool = True, clock: Callable[[], dt.datetime] = lambda: NOW
+async def service_client(
+    service: str,
+    db_url: str,
+    bootstrap: str,
+    *,
+    clock: Callable[[], dt.datetime] = lambda: NOW,
+    **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An ingest app (migrated database, real Kafka) behind httpx's ASGI transport."""
-    await asyncio.to_thread(upgrade, "ingest", db_url)
-    settings = Settings(
-        service="ingest", env="test", database_url=db_url, kafka_bootstrap=bootstrap, relay_enabled=relay
-    )
-    app = create_app(settings)
+    """A service's app (migrated database, real Kafka) behind httpx's ASGI transport, once ready.
+
+    ``client.app`` is the FastAPI app (its ``state.runtime`` holds the engine, relay, clock...).
+    """
+    await asyncio.to_thread(upgrade, service, db_url)
+    module = importlib.import_module(f"services.{service}.app")
+    config = Settings(service=service, env="test", database_url=db_url, kafka_bootstrap=bootstrap, **settings)
+    app = module.create_app(config)
     async with app.router.lifespan_context(app):
         runtime: Runtime = app.state.runtime
         runtime.clock = clock
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{service}") as client:
+            client.app = app  # type: ignore[attr-defined]
             for _ in range(120):
                 if (await client.get("/readyz")).status_code == 200:
                     break
                 await asyncio.sleep(0.25)
             yield client
+
+
+def ingest_client(
+    db_url: str, bootstrap: str, *, relay: bool = True, clock: Callable[[], dt.datetime] = lambda: NOW
+) -> Any:
+    """An ingest app (migrated database, real Kafka) behind httpx's ASGI transport."""
+    return service_client("ingest", db_url, bootstrap, clock=clock, relay_enabled=relay)
 
 
 def school_body(la: str = "343", type_: str = "maintained", phase: str = "primary") -> dict[str, Any]:
