@@ -1,14 +1,17 @@
-"""End to end over real HTTP: the ingest service under uvicorn, the demo loader as an MIS, Kafka.
+"""End to end over real HTTP: ingest and rules under uvicorn, Kafka, and the demo loader as MIS.
 
-The synthetic borough (a small slice of it) is pushed through the public API by
-``python -m borough load``; then every mark in the register must be on ``rollcall.marks.v1``,
-read by a consumer that is not this project's code when Debian's ``kcat`` is installed (CI
-installs it), and by aiokafka otherwise.
+A slice of the synthetic borough is pushed through the public API by ``python -m borough
+load``. Then: every mark in ingest's register is on ``rollcall.marks.v1`` (read with Debian's
+``kcat``, a consumer not written here, when installed — CI installs it — else aiokafka); the
+rules service has consumed them, and its LA figures equal the figures computed straight from
+the generator (``borough.figures``), an independent recomputation; signals are on
+``rollcall.signals.v1``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import shutil
 import socket
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,14 @@ import httpx
 import orjson
 import pytest
 
+from borough.figures import compute
 from shared.migrate import upgrade
+from tests.conftest import bearer
 from tests.integration.ingest_fixtures import read_topic
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
+SEED, SCALE, START, END = 11, 0.01, "2024-09-02", "2024-10-25"
 
 
 def free_port() -> int:
@@ -37,115 +44,155 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def ingest_url(kafka_bootstrap: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    db = tmp_path / "ingest.db"
+@dataclass
+class Stack:
+    ingest: str
+    rules: str
+    ingest_db: Path
+
+
+def start(service: str, db: Path, bootstrap: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     url = f"sqlite+aiosqlite:///{db}"
-    upgrade("ingest", url)
+    upgrade(service, url)
     port = free_port()
     env = dict(
         os.environ,
         ROLLCALL_ENV="dev",
-        ROLLCALL_SERVICE="ingest",
+        ROLLCALL_SERVICE=service,
         ROLLCALL_DATABASE_URL=url,
-        ROLLCALL_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        ROLLCALL_KAFKA_BOOTSTRAP=bootstrap,
+        ROLLCALL_CONSUMER_GROUP=f"e2e-{service}-{port}",
     )
-    log = (tmp_path / "ingest.log").open("wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "services.ingest.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+        [sys.executable, "-m", "uvicorn", f"services.{service}.app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"{service} did not become ready: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    ingest, ingest_url = start("ingest", tmp / "ingest.db", kafka_bootstrap, tmp / "ingest.log")
+    rules, rules_url = start("rules", tmp / "rules.db", kafka_bootstrap, tmp / "rules.log")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        yield base, db
+        loader = subprocess.run(
+            [sys.executable, "-m", "borough", "load", "--ingest", ingest_url, "--seed", str(SEED),
+             "--scale", str(SCALE), "--from", START, "--to", END, "--no-progress"],
+            cwd=ROOT, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert loader.returncode == 0, loader.stdout[-2000:] + loader.stderr[-2000:]
+        yield Stack(ingest_url, rules_url, tmp / "ingest.db")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        for proc in (ingest, rules):
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
-def kcat_events(bootstrap: str) -> list[dict[str, Any]]:
+def kcat(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     out = subprocess.run(
-        ["kcat", "-b", bootstrap, "-t", "rollcall.marks.v1", "-C", "-e", "-q", "-f", "%s\n"],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    ).stdout
+        ["kcat", "-b", bootstrap, "-t", topic, "-C", "-e", "-q", "-f", "%s\n"],
+        capture_output=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
     return [orjson.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_demo_load_reaches_kafka(ingest_url: tuple[str, Path], kafka_bootstrap: str) -> None:
-    base, db = ingest_url
-    assert httpx.get(f"{base}/readyz").status_code == 200
-    loader = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "borough",
-            "load",
-            "--ingest",
-            base,
-            "--seed",
-            "11",
-            "--scale",
-            "0.01",
-            "--from",
-            "2024-09-02",
-            "--to",
-            "2024-09-13",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert loader.returncode == 0, loader.stdout[-2000:] + loader.stderr[-2000:]
+def events_on(bootstrap: str, topic: str, mine: Any, expect: int) -> list[dict[str, Any]]:
+    if shutil.which("kcat"):
+        deadline = time.monotonic() + 60
+        while True:
+            events = [e for e in kcat(bootstrap, topic) if mine(e)]
+            if len(events) >= expect or time.monotonic() > deadline:
+                return events
+            time.sleep(2)
+    found = asyncio.run(read_topic(bootstrap, topic, mine, expect, 60))
+    return [e for _, e, _ in found]
 
-    with sqlite3.connect(db) as conn:
+
+def test_ingest_is_ready_and_every_mark_is_on_kafka(stack: Stack, kafka_bootstrap: str) -> None:
+    assert httpx.get(f"{stack.ingest}/readyz").json()["checks"] == {"database": "ok", "kafka": "ok"}
+    with sqlite3.connect(stack.ingest_db) as conn:
         register = {
             (urn, upn, d, s): code
             for urn, upn, d, s, code in conn.execute("SELECT school_urn, upn, date, session, code FROM marks")
         }
         schools = {r[0] for r in conn.execute("SELECT urn FROM schools")}
-    assert len(register) > 1000
+    assert len(register) > 10_000
     assert len(schools) > 50
 
-    mine = lambda e: e["data"]["school_urn"] in schools  # noqa: E731
-    if shutil.which("kcat"):
-        events = [e for e in kcat_events(kafka_bootstrap) if mine(e)]
-        if len(events) < len(register):  # the relay may still be publishing: read once more
-            time.sleep(3)
-            events = [e for e in kcat_events(kafka_bootstrap) if mine(e)]
-    else:
-        found = asyncio.run(read_topic(kafka_bootstrap, "rollcall.marks.v1", mine, len(register), 60))
-        events = [e for _, e, _ in found]
-
+    events = events_on(kafka_bootstrap, "rollcall.marks.v1", lambda e: e["data"]["school_urn"] in schools,
+                       len(register))  # fmt: skip
     latest: dict[tuple[str, str, str, str], str] = {}
-    for e in events:  # partitions are per pupil, so each pupil's events are in order
+    for e in events:  # each pupil's events are on one partition, in order
         d = e["data"]
         assert e["specversion"] == "1.0"
         assert e["type"] in ("mark.recorded", "mark.amended")
         latest[(d["school_urn"], d["upn"], d["date"], d["session"])] = d["code"]
     assert latest == register
+
+
+def la_figures(stack: Stack, expect_possible: int) -> dict[str, Any]:
+    headers = bearer("attendance:read")
+    deadline = time.monotonic() + 180
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        query = {"from": START, "to": END, "group_by": "phase"}
+        body = httpx.get(f"{stack.rules}/v1/la/attendance", params=query, headers=headers, timeout=60).json()
+        if body["sessions"]["possible"] >= expect_possible:
+            return body
+        time.sleep(1)
+    raise AssertionError(f"rules did not catch up: {body.get('sessions')} < {expect_possible}")
+
+
+def test_rules_figures_equal_an_independent_recomputation(stack: Stack, kafka_bootstrap: str) -> None:
+    expected = compute(SEED, SCALE, dt.date.fromisoformat(START), dt.date.fromisoformat(END), signals=False)
+    tally = expected.overall
+    body = la_figures(stack, tally.possible)
+    assert body["sessions"] == {
+        "possible": tally.possible,
+        "present": tally.present,
+        "aea": tally.aea,
+        "authorised": tally.authorised,
+        "unauthorised": tally.unauthorised,
+        "not_counted": tally.not_counted,
+    }
+    assert body["enrolments"] == tally.enrolments
+    assert body["persistent_absence"] == tally.persistent
+    assert body["severe_absence"] == tally.severe
+    assert body["absence_rate"] == pytest.approx(tally.overall_rate, abs=1e-9)
+    headline = body["headline"]
+    assert headline["this_year"]["overall_absence"] == pytest.approx(tally.overall_rate, abs=1e-9)
+    assert headline["national"]["overall_absence"] == 7.1
+    assert headline["difference_to_national"]["overall_absence"] == pytest.approx(tally.overall_rate - 7.1)
+    cohort = {g["group"]: g["count"] for g in body["severe_absence_cohort"]["groups"]}
+    names = {"primary": "primary_age", "secondary": "secondary_age"}
+    for group, count in cohort.items():
+        assert count == expected.cohort[names.get(group, group)][1], group
+    by_phase = {g["key"]: g for g in body["groups"]}
+    for phase, t in expected.by_phase.items():
+        assert by_phase[phase]["sessions"]["possible"] == t.possible
+        assert by_phase[phase]["severe_absence"] == t.severe
+
+    # A pupil's attendance, and signals on Kafka, for the same register.
+    with sqlite3.connect(stack.ingest_db) as conn:
+        upn, urn = conn.execute("SELECT upn, school_urn FROM marks WHERE code = 'G' LIMIT 1").fetchone()
+        n = conn.execute(
+            "SELECT COUNT(*) FROM marks WHERE upn = ? AND school_urn = ?", (upn, urn)
+        ).fetchone()[0]
+    pupil = httpx.get(f"{stack.rules}/v1/pupils/{upn}/attendance", params={"from": START, "to": END,
+                      "school": urn}, headers=bearer("attendance:read", [urn])).json()  # fmt: skip
+    s = pupil["sessions"]
+    assert s["possible"] + s["not_counted"] == n
+    signals = events_on(kafka_bootstrap, "rollcall.signals.v1", lambda e: e["source"] == "/rollcall/rules", 1)
+    assert {e["type"] for e in signals} >= {"signal.first_day_absence", "signal.band_changed"}
