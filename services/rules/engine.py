@@ -616,7 +616,7 @@ class _Walk:
           Monday–Sunday week with ≥ 1 school session of this school; the window spans holidays
           and academic years. Met while the count ≥ threshold and the pupil is of CSA that day.
         * ``attendance_return_due`` (SPEC §5.4): a run of days that extend it (see
-          ``_day_kinds``) on CSA dates; raised when it reaches the policy length, started on its
+          ``_day_info``) on CSA dates; raised when it reaches the policy length, started on its
           first day, ended on the day that breaks it. A non-CSA day breaks it.
         * ``sickness_return_due`` (SPEC §5.5): ``I`` sessions on CSA dates cumulative in the
           academic year; one episode for the illness period (run of days with an ``I``) in which
@@ -638,6 +638,7 @@ class _Walk:
         n = len(days)
         # Integer day-index bounds, so the per-day tests compare ints, not dates.
         csa_lo, csa_hi = bisect_left(days, csa_from), bisect_right(days, csa_to)
+        csa_bounds = (csa_from, csa_to)
         new_years = _academic_year_starts(days)
         next_year = new_years.pop() if new_years else n
 
@@ -672,7 +673,9 @@ class _Walk:
                 att = absent = possible = 0
                 ytd_abs_lo = abs_total
                 if ill_first >= 0:
-                    _close_illness(tl, urn, episodes, ill_first, ill_raised, ill_raised_cum, ill_year_lo, i)
+                    _close_illness(
+                        tl, urn, episodes, ill_first, ill_raised, ill_raised_cum, ill_year_lo, i, csa_bounds
+                    )
                 ill_first = ill_raised = -1
                 ill_cum = 0
                 ill_year_lo = abs_total
@@ -758,7 +761,9 @@ class _Walk:
                     ill_raised = i
                     ill_raised_cum = ill_cum
             elif ik != _NEUTRAL and ill_first >= 0:
-                _close_illness(tl, urn, episodes, ill_first, ill_raised, ill_raised_cum, ill_year_lo, i)
+                _close_illness(
+                    tl, urn, episodes, ill_first, ill_raised, ill_raised_cum, ill_year_lo, i, csa_bounds
+                )
                 ill_first = ill_raised = -1
 
         # still open on the reference date
@@ -773,7 +778,9 @@ class _Walk:
         if run >= return_days:
             episodes.append(_return_episode(tl, urn, run_first, raised, run, open_end))
         if ill_first >= 0:
-            _close_illness(tl, urn, episodes, ill_first, ill_raised, ill_raised_cum, ill_year_lo, n, open_end)
+            _close_illness(
+                tl, urn, episodes, ill_first, ill_raised, ill_raised_cum, ill_year_lo, n, csa_bounds, open_end
+            )
         self.penalty_count = count
         self.penalty_met = met
         self.continuous_unauthorised_days = raw_run
@@ -806,17 +813,22 @@ def _close_illness(
     raised_count: int,
     year_lo: int,
     end: int,
+    csa: tuple[date, date],
     ended: date | None = None,
 ) -> None:
     """Record the sickness-return episode of the illness period from day ``first`` to before day
-    ``end`` if the return was raised in it; evidence: the year's ``I`` sessions up to its end."""
+    ``end`` if the return was raised in it; evidence: the ``I`` sessions counted towards it (the
+    academic year's, on compulsory-school-age dates, up to the period's end)."""
     if raised < 0:
         return
     if end < len(tl.days):
         ended = tl.days[end]
     absent_ix = tl.absent_ix
     hi = bisect_left(absent_ix, tl.first[end])
-    evidence = tuple(tl.mark(j) for j in absent_ix[year_lo:hi] if tl.s_code[j] == "I")
+    s_code, s_date = tl.s_code, tl.s_date
+    evidence = tuple(
+        tl.mark(j) for j in absent_ix[year_lo:hi] if s_code[j] == "I" and csa[0] <= s_date[j] <= csa[1]
+    )
     started = tl.days[first]
     episodes.append(
         Episode(
