@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -21,8 +22,17 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE transactions."""
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE transactions.
+
+    JSON columns are written with orjson (dates and datetimes as ISO strings).
+    """
+    kwargs.setdefault("json_serializer", _json)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 

@@ -64,7 +64,17 @@ async def school_or_404(conn: AsyncConnection, principal: Principal, urn: str) -
 
 
 def _json(value: Any) -> Any:
-    return recompute._jsonable(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _json(getattr(value, k)) for k in value.__dataclass_fields__}
+    if hasattr(value, "value") and not isinstance(value, int | float | str | bool):
+        return value.value
+    return value
 
 
 def assessment_body(a: engine.Assessment) -> dict[str, Any]:

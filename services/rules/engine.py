@@ -424,11 +424,13 @@ class _Timeline:
 
     __slots__ = (
         "absent_ix",
+        "absent_marks",
         "calendars",
         "days",
         "first",
         "info",
         "pen_ix",
+        "pen_marks",
         "s_code",
         "s_date",
         "s_key",
@@ -482,14 +484,14 @@ class _Timeline:
             att, absent, pen, ill, _, _, run_pending, ill_pending = self.info[-1]
             info[-1] = (att, absent, pen, ill, run_pending, ill_pending, run_pending, ill_pending)
         self.s_code = s_code
+        # Absence sessions (index and evidence tuple), once: evidence is then sliced, not rebuilt.
         self.absent_ix = absent_ix = [j for j, c in enumerate(s_code) if c in _ABSENCE_CODES]
+        keys = self.s_key
+        self.absent_marks: list[SessionMark] = [(*keys[j], s_code[j]) for j in absent_ix]  # type: ignore[misc]
         # The penalty codes are unauthorised absence codes (validated by shared.policy).
-        self.pen_ix = [j for j in absent_ix if s_code[j] in pen_codes]
-
-    def mark(self, j: int) -> SessionMark:
-        d, session = self.s_key[j]
-        code = self.s_code[j]
-        return (d, session, code if code is not None else "")
+        pen_pos = [k for k, j in enumerate(absent_ix) if s_code[j] in pen_codes]
+        self.pen_ix = [absent_ix[k] for k in pen_pos]
+        self.pen_marks = [self.absent_marks[k] for k in pen_pos]
 
     def day_of(self, j: int) -> int:
         """The day index of session ``j``."""
@@ -624,6 +626,13 @@ class _Walk:
           day, then one for each later illness period of the year; each ends when its period
           ends. The count restarts on 1 September. SPEC's "earlier when the school records an
           expected long-term illness" has no input yet and is not implemented.
+
+        Evidence: band/PA/SA — the year's absence sessions up to the day the episode began;
+        penalty — the counted sessions in the window that day; attendance return — the sessions
+        of the run up to the day it was raised; sickness — the counted ``I`` sessions. Also kept:
+        the window count as of the last day and ``continuous_unauthorised_days``, the run on the
+        last day counted without the CSA gate (a fact about the register, reported for every
+        pupil; only the return itself needs CSA).
         """
         days = tl.days
         episodes = self.episodes
@@ -823,12 +832,9 @@ def _close_illness(
         return
     if end < len(tl.days):
         ended = tl.days[end]
-    absent_ix = tl.absent_ix
-    hi = bisect_left(absent_ix, tl.first[end])
-    s_code, s_date = tl.s_code, tl.s_date
-    evidence = tuple(
-        tl.mark(j) for j in absent_ix[year_lo:hi] if s_code[j] == "I" and csa[0] <= s_date[j] <= csa[1]
-    )
+    hi = bisect_left(tl.absent_ix, tl.first[end])
+    lo_date, hi_date = csa
+    evidence = tuple(m for m in tl.absent_marks[year_lo:hi] if m[2] == "I" and lo_date <= m[0] <= hi_date)
     started = tl.days[first]
     episodes.append(
         Episode(
@@ -855,7 +861,7 @@ def _band_episode(
         urn,
         tl.days[i],
         ended,
-        tuple(tl.mark(j) for j in tl.absent_ix[abs_lo:abs_hi]),
+        tuple(tl.absent_marks[abs_lo:abs_hi]),
         {"from": previous, "to": band, "attendance_rate": rate, "possible": possible},
         band,
     )
@@ -870,7 +876,7 @@ def _absence_episode(
         urn,
         tl.days[i],
         ended,
-        tuple(tl.mark(j) for j in tl.absent_ix[abs_lo:abs_hi]),
+        tuple(tl.absent_marks[abs_lo:abs_hi]),
         {"absence_rate": rate, "possible": possible, "absent": abs_hi - abs_lo},
     )
 
@@ -882,11 +888,8 @@ def _window_evidence(
     j_lo = tl.first[bisect_left(tl.week, max(first_week, 0))]
     j_hi = tl.first[i + 1]
     pen_ix = tl.pen_ix
-    return tuple(
-        tl.mark(j)
-        for j in pen_ix[bisect_left(pen_ix, j_lo) : bisect_left(pen_ix, j_hi)]
-        if csa_from <= tl.s_date[j] <= csa_to
-    )
+    in_window = tl.pen_marks[bisect_left(pen_ix, j_lo) : bisect_left(pen_ix, j_hi)]
+    return tuple(m for m in in_window if csa_from <= m[0] <= csa_to)
 
 
 def _window_start(calendars: Calendars, ref: date, school_weeks: int) -> date:
@@ -937,7 +940,7 @@ def _return_episode(
 ) -> Episode:
     j_lo, j_hi = tl.day_span(first, raised + 1)
     pen_ix = tl.pen_ix
-    evidence = tuple(tl.mark(j) for j in pen_ix[bisect_left(pen_ix, j_lo) : bisect_left(pen_ix, j_hi)])
+    evidence = tuple(tl.pen_marks[bisect_left(pen_ix, j_lo) : bisect_left(pen_ix, j_hi)])
     return Episode(
         "attendance_return_due",
         urn,
@@ -959,8 +962,7 @@ def _first_day_absences(tl: _Timeline, urn: str) -> list[Episode]:
     ``first_day_alerts_current_day_only``). Amending the mark to a present code removes it.
     """
     out: list[Episode] = []
-    for j in tl.absent_ix:
-        d, session, code = tl.mark(j)
+    for d, session, code in tl.absent_marks:
         out.append(
             Episode(
                 "first_day_absence",
@@ -985,13 +987,12 @@ def _unresolved_n(tl: _Timeline, urn: str, school_days: int, open_end: date | No
     """
     out: list[Episode] = []
     last = len(tl.days) - 1
-    for j in tl.absent_ix:
-        if tl.s_code[j] != "N":
+    for j, (d, session, code) in zip(tl.absent_ix, tl.absent_marks, strict=True):
+        if code != "N":
             continue
         di = tl.day_of(j)
         if last - di < school_days:
             continue
-        d, session, code = tl.mark(j)
         out.append(
             Episode(
                 "unresolved_n",
@@ -1062,7 +1063,7 @@ def _part_time_overdue(
                     urn,
                     s_date[group[0]],
                     ended,
-                    tuple(tl.mark(k) for k in group),
+                    tuple((*tl.s_key[k], "C2") for k in group),
                     dict(detail),
                 )
             )
@@ -1144,8 +1145,7 @@ def _reasons(
     s = m.sessions
     j_lo, j_hi = tl.day_span(i0, i1)
     absent_ix = tl.absent_ix
-    in_period = absent_ix[bisect_left(absent_ix, j_lo) : bisect_left(absent_ix, j_hi)]
-    absences = tuple(tl.mark(j) for j in in_period)
+    absences = tuple(tl.absent_marks[bisect_left(absent_ix, j_lo) : bisect_left(absent_ix, j_hi)])
     counts = {
         "possible": s.possible,
         "present": s.present,

@@ -156,22 +156,29 @@ def assessment_row(a: engine.Assessment, now: dt.datetime) -> dict[str, Any]:
 
 
 def _signal(
-    name: str, ep: engine.Episode, upn: str, now: dt.datetime, today: dt.date, withdrawn: bool = False
+    name: str,
+    key: str,
+    ep: engine.Episode,
+    upn: str,
+    now: dt.datetime,
+    today: dt.date,
+    withdrawn: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The signal's row for GET /v1/signals and its CloudEvent."""
+    """The signal's row for GET /v1/signals and its CloudEvent (``key``: the episode's)."""
     occurred = ep.ended_on if name.endswith("_ended") and ep.ended_on else ep.started_on
     data = {
         "signal": name,
         "upn": upn,
         "school_urn": ep.school_urn,
-        "episode": ep.key,
+        "episode": key,
         "started_on": ep.started_on.isoformat(),
         "ended_on": ep.ended_on.isoformat() if ep.ended_on else None,
         "occurred_on": occurred.isoformat(),
         "current": occurred == today,
         "withdrawn": withdrawn,
-        "detail": _jsonable(ep.detail),
-        "evidence": _jsonable(ep.evidence),
+        "detail": dict(ep.detail),
+        # (date, session, code) triples; orjson writes the dates as ISO strings.
+        "evidence": [list(x) for x in ep.evidence],
     }
     event = new_event(f"signal.{name}", SOURCE, data, subject=upn)
     row = {
@@ -179,26 +186,12 @@ def _signal(
         "type": name,
         "upn": upn,
         "school_urn": ep.school_urn,
-        "episode_key": ep.key,
+        "episode_key": key,
         "occurred_on": occurred,
         "raised_at": now,
         "data": data,
     }
     return row, event
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _jsonable(getattr(value, k)) for k in value.__dataclass_fields__}
-    if hasattr(value, "value") and not isinstance(value, int | float | str | bool):
-        return value.value
-    return value
 
 
 def _episode_row(ep: engine.Episode, upn: str) -> dict[str, Any]:
@@ -209,7 +202,7 @@ def _episode_row(ep: engine.Episode, upn: str) -> dict[str, Any]:
         "type": ep.type,
         "started_on": ep.started_on,
         "ended_on": ep.ended_on,
-        "detail": _jsonable(ep.detail),
+        "detail": dict(ep.detail),
     }
 
 
@@ -232,29 +225,31 @@ async def recompute(
     inputs = await load_inputs(conn, wanted, cache)
     if not inputs:
         return Outcome()
-    stored: dict[str, dict[str, Any]] = {}
+    stored: dict[tuple[str, str], dict[str, Any]] = {}  # (upn, episode key): episodes are per pupil
     keys = sorted(inputs)
     for start in range(0, len(keys), _CHUNK):
         rows = await conn.execute(
             select(t.episodes).where(t.episodes.c.upn.in_(keys[start : start + _CHUNK]))
         )
         for r in rows:
-            stored[r.key] = dict(r._mapping)
+            stored[(r.upn, r.key)] = dict(r._mapping)
 
     assessment_rows: list[dict[str, Any]] = []
     episode_rows: list[dict[str, Any]] = []
-    vanished: list[str] = []
+    vanished: list[tuple[str, str]] = []
     signal_rows: list[dict[str, Any]] = []
     events: list[tuple[str, dict[str, Any]]] = []
 
-    def emit(name: str, ep: engine.Episode, upn: str, withdrawn: bool = False) -> None:
-        row, event = _signal(name, ep, upn, now, today, withdrawn)
+    def emit(
+        name: str, ep: engine.Episode, upn: str, withdrawn: bool = False, key: str | None = None
+    ) -> None:
+        row, event = _signal(name, key or ep.key, ep, upn, now, today, withdrawn)
         signal_rows.append(row)
         events.append((upn, event))
 
     by_upn_stored: dict[str, set[str]] = defaultdict(set)
-    for key, row in stored.items():
-        by_upn_stored[row["upn"]].add(key)
+    for upn, key in stored:
+        by_upn_stored[upn].add(key)
 
     for upn, pupil in inputs.items():
         assessments = engine.assess(pupil, policy, today, now)
@@ -263,7 +258,7 @@ async def recompute(
             assessment_rows.append(assessment_row(a, now))
             for ep in a.episodes:
                 current.add(ep.key)
-                old = stored.get(ep.key)
+                old = stored.get((upn, ep.key))
                 if old is None:
                     emit(start_signal(ep.type), ep, upn)
                     if ep.ended_on is not None and ep.type in STARTED_ENDED:
@@ -276,10 +271,10 @@ async def recompute(
                 elif old["ended_on"] is not None and ep.ended_on is None:
                     emit(start_signal(ep.type), ep, upn)  # re-opened by an amendment: it holds again
                     episode_rows.append(_episode_row(ep, upn))
-                elif old["ended_on"] != ep.ended_on or old["detail"] != _jsonable(ep.detail):
+                elif old["ended_on"] != ep.ended_on or old["detail"] != dict(ep.detail):
                     episode_rows.append(_episode_row(ep, upn))
         for key in by_upn_stored.get(upn, set()) - current:
-            old = stored[key]
+            old = stored[(upn, key)]
             ep = engine.Episode(
                 type=old["type"],
                 school_urn=old["school_urn"],
@@ -289,13 +284,14 @@ async def recompute(
                 detail=old["detail"],
             )
             if old["ended_on"] is None and old["type"] not in ONCE_ONLY:
-                emit(end_signal(old["type"]), ep, upn, withdrawn=True)
-            vanished.append(key)
+                emit(end_signal(old["type"]), ep, upn, withdrawn=True, key=key)
+            vanished.append((upn, key))
 
     await upsert(conn, t.assessments, assessment_rows, ["upn", "school_urn"])
-    await upsert(conn, t.episodes, episode_rows, ["key"])
-    for start in range(0, len(vanished), _CHUNK):
-        await conn.execute(delete(t.episodes).where(t.episodes.c.key.in_(vanished[start : start + _CHUNK])))
+    await upsert(conn, t.episodes, episode_rows, ["upn", "key"])
+    e = t.episodes.c
+    for upn, key in vanished:
+        await conn.execute(delete(t.episodes).where(e.upn == upn, e.key == key))
     if signal_rows:
         await conn.execute(t.signals.insert(), signal_rows)
     await enqueue(conn, t.outbox, outbox_records(Topic.SIGNALS, events))

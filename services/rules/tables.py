@@ -129,15 +129,14 @@ Index("ix_assessments_school", assessments.c.school_urn)
 episodes = Table(
     "episodes",
     metadata,
+    Column("upn", String(13), primary_key=True),
     Column("key", String(120), primary_key=True),
-    Column("upn", String(13), nullable=False),
     Column("school_urn", String(10), nullable=False),
     Column("type", String(40), nullable=False),
     Column("started_on", Date, nullable=False),
     Column("ended_on", Date),
     Column("detail", JSON, nullable=False),
 )
-Index("ix_episodes_pupil", episodes.c.upn)
 Index("ix_episodes_type_started", episodes.c.type, episodes.c.started_on)
 
 # The signals published, newest last: what GET /v1/signals pages through.

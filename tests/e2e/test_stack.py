@@ -29,6 +29,8 @@ import orjson
 import pytest
 
 from borough.figures import compute
+from deploy.kafka import Broker
+from shared.kafka import ensure_topics
 from shared.migrate import upgrade
 from tests.conftest import bearer
 from tests.integration.ingest_fixtures import read_topic
@@ -82,7 +84,19 @@ def start(service: str, db: Path, bootstrap: str, log: Path) -> tuple[subprocess
 
 
 @pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def e2e_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of the e2e run's own: the stack consumes its topics from the beginning, so other
+    tests' events must not be there."""
+    broker = Broker(tmp_path_factory.mktemp("e2e-kafka"), free_port(), free_port(), heap="512m")
+    broker.start()
+    asyncio.run(ensure_topics(broker.bootstrap, partitions=3))
+    yield broker.bootstrap
+    broker.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(e2e_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    kafka_bootstrap = e2e_kafka
     tmp = tmp_path_factory.mktemp("stack")
     ingest, ingest_url = start("ingest", tmp / "ingest.db", kafka_bootstrap, tmp / "ingest.log")
     rules, rules_url = start("rules", tmp / "rules.db", kafka_bootstrap, tmp / "rules.log")
@@ -120,7 +134,8 @@ def events_on(bootstrap: str, topic: str, mine: Any, expect: int) -> list[dict[s
     return [e for _, e, _ in found]
 
 
-def test_ingest_is_ready_and_every_mark_is_on_kafka(stack: Stack, kafka_bootstrap: str) -> None:
+def test_ingest_is_ready_and_every_mark_is_on_kafka(stack: Stack, e2e_kafka: str) -> None:
+    kafka_bootstrap = e2e_kafka
     assert httpx.get(f"{stack.ingest}/readyz").json()["checks"] == {"database": "ok", "kafka": "ok"}
     with sqlite3.connect(stack.ingest_db) as conn:
         register = {
@@ -155,7 +170,8 @@ def la_figures(stack: Stack, expect_possible: int) -> dict[str, Any]:
     raise AssertionError(f"rules did not catch up: {body.get('sessions')} < {expect_possible}")
 
 
-def test_rules_figures_equal_an_independent_recomputation(stack: Stack, kafka_bootstrap: str) -> None:
+def test_rules_figures_equal_an_independent_recomputation(stack: Stack, e2e_kafka: str) -> None:
+    kafka_bootstrap = e2e_kafka
     expected = compute(SEED, SCALE, dt.date.fromisoformat(START), dt.date.fromisoformat(END), signals=False)
     tally = expected.overall
     body = la_figures(stack, tally.possible)

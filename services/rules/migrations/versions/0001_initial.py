@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 07:20:23.214904
+Create Date: 2026-11-23 07:32:33.715979
 """
 
 import sqlalchemy as sa
@@ -79,17 +79,16 @@ def upgrade() -> None:
 
     op.create_table(
         "episodes",
-        sa.Column("key", sa.String(length=120), nullable=False),
         sa.Column("upn", sa.String(length=13), nullable=False),
+        sa.Column("key", sa.String(length=120), nullable=False),
         sa.Column("school_urn", sa.String(length=10), nullable=False),
         sa.Column("type", sa.String(length=40), nullable=False),
         sa.Column("started_on", sa.Date(), nullable=False),
         sa.Column("ended_on", sa.Date(), nullable=True),
         sa.Column("detail", sa.JSON(), nullable=False),
-        sa.PrimaryKeyConstraint("key"),
+        sa.PrimaryKeyConstraint("upn", "key"),
     )
     with op.batch_alter_table("episodes", schema=None) as batch_op:
-        batch_op.create_index("ix_episodes_pupil", ["upn"], unique=False)
         batch_op.create_index("ix_episodes_type_started", ["type", "started_on"], unique=False)
 
     op.create_table(
@@ -194,7 +193,6 @@ def downgrade() -> None:
     op.drop_table("inbox")
     with op.batch_alter_table("episodes", schema=None) as batch_op:
         batch_op.drop_index("ix_episodes_type_started")
-        batch_op.drop_index("ix_episodes_pupil")
 
     op.drop_table("episodes")
     with op.batch_alter_table("enrolments", schema=None) as batch_op:
