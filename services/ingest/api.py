@@ -79,10 +79,15 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-async def authorised_school(conn: AsyncConnection, principal: Principal, urn: str) -> None:
-    """403 for a school the token may not act for (before any lookup), 404 for an unknown school."""
+def refuse_other_school(principal: Principal, urn: str) -> None:
+    """403 at once for a school-scoped token and another school: before reading the body."""
     if principal.schools is not None and urn not in principal.schools:
         raise forbidden("the token may not act for this school")
+
+
+async def authorised_school(conn: AsyncConnection, principal: Principal, urn: str) -> None:
+    """403 for a school the token may not act for (before any lookup), 404 for an unknown school."""
+    refuse_other_school(principal, urn)
     la = (await conn.execute(select(t.schools.c.la_code).where(t.schools.c.urn == urn))).scalar_one_or_none()
     if la is None:
         raise Problem(404, "not-found", "Not found", "no school with this URN")
@@ -149,6 +154,7 @@ def add_routes(app: FastAPI) -> None:
     ) -> Written:
         """Replace a school's calendar for one academic year: term dates and closed sessions."""
         rt = runtime(request)
+        refuse_other_school(principal, urn)
         body: CalendarIn = await json_body(request, CalendarIn, rt.settings.max_body_bytes)
         async with rt.engine.begin() as conn:
             await authorised_school(conn, principal, urn)
@@ -171,6 +177,7 @@ def add_routes(app: FastAPI) -> None:
     async def put_pupils(urn: UrnPath, request: Request, principal: PupilsWriter) -> RosterResult:
         """Upsert pupils on the school's roll (up to 5,000 a request); all or nothing."""
         rt = runtime(request)
+        refuse_other_school(principal, urn)
         body: RosterIn = await json_body(request, RosterIn, rt.settings.max_body_bytes)
         async with rt.engine.begin() as conn:
             await authorised_school(conn, principal, urn)
@@ -213,8 +220,7 @@ def add_routes(app: FastAPI) -> None:
             raise Problem(
                 415, "unsupported-media-type", "Unsupported media type", "send application/json or text/csv"
             )
-        if principal.schools is not None and urn not in principal.schools:
-            raise forbidden("the token may not act for this school")
+        refuse_other_school(principal, urn)
         body = await read_body(request, rt.settings.max_body_bytes)
         raw = marks.parse_json(body) if kind == "application/json" else marks.parse_csv(body)
         async with rt.engine.begin() as conn:
