@@ -78,7 +78,7 @@ def new_traceparent() -> str:
 
 
 # Payload models: the ``data`` of each event type. Consumers validate with these; the AsyncAPI
-# document in docs/ is written from them.
+# document (docs/asyncapi.json, ``python -m shared.asyncapi``) is written from them.
 
 
 class MarkData(BaseModel):
@@ -138,3 +138,32 @@ class CareData(BaseModel):
     early_help: bool
     etac: bool
     part_time_timetable: dict[str, date | None] | None = None
+
+
+class SignalData(BaseModel):
+    """``signal.<name>`` (and ``signal.<name>_ended``) on ``rollcall.signals.v1``."""
+
+    signal: str
+    upn: str
+    school_urn: str
+    episode: str  # the episode's stable key: type:school:started_on[:qualifier]
+    started_on: date
+    ended_on: date | None = None
+    occurred_on: date  # started_on, or ended_on for an ..._ended signal
+    current: bool  # occurred on the rules service's today (first-day alerts are delivered only then)
+    withdrawn: bool = False  # ended because an amendment removed the episode
+    detail: dict[str, Any] = {}
+    evidence: list[tuple[date, str, str]] = []  # (date, session, code) behind it
+
+
+# The payload model of every event type the project publishes, by topic (docs/asyncapi.json).
+PAYLOADS: dict[Topic, dict[str, type[BaseModel]]] = {
+    Topic.MARKS: {EventType.MARK_RECORDED: MarkData, EventType.MARK_AMENDED: MarkData},
+    Topic.REGISTRY: {
+        EventType.SCHOOL_UPDATED: SchoolData,
+        EventType.CALENDAR_UPDATED: CalendarData,
+        EventType.PUPIL_UPDATED: PupilData,
+        EventType.CARE_UPDATED: CareData,
+    },
+    Topic.SIGNALS: {"signal.<name>": SignalData},
+}
