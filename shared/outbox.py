@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter
 from sqlalchemy import (
     BigInteger,
@@ -100,6 +101,7 @@ class OutboxRelay:
         self._poll = poll_seconds
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one publisher at a time: the loop and a shutdown drain
+        self._partitioner = DefaultPartitioner()
         self._stopping = False
         self.healthy = False
 
@@ -130,17 +132,7 @@ class OutboxRelay:
             await conn.rollback()
         if not rows:
             return 0
-        futures = []
-        for row in rows:
-            headers = [
-                ("ce_id", row.event_id.encode()),
-                ("ce_type", row.event_type.encode()),
-                ("traceparent", row.traceparent.encode()),
-            ]
-            futures.append(
-                await self._producer.send(row.topic, value=row.value, key=row.key.encode(), headers=headers)
-            )
-        await asyncio.gather(*futures)
+        await asyncio.gather(*await self._send(rows))
         # Delete exactly the rows sent: on PostgreSQL a lower seq can become visible after a higher
         # one (sequences are allocated before commit), so a seq range could take an unsent row.
         seqs = [row.seq for row in rows]
@@ -150,6 +142,38 @@ class OutboxRelay:
         for row in rows:
             PUBLISHED.labels(row.topic).inc()
         return len(rows)
+
+    async def _send(self, rows: Sequence[Any]) -> list[asyncio.Future[Any]]:
+        """Queue ``rows`` as record batches per partition, in commit order within each partition.
+
+        Batching by hand (the same murmur2 partitioner as ``send``, so keys land where Java and
+        every other client put them) is about twice as fast as one ``send`` per record.
+        """
+        futures: list[asyncio.Future[Any]] = []
+        open_batches: dict[tuple[str, int], Any] = {}
+        partitions: dict[str, list[int]] = {}
+        for row in rows:
+            if row.topic not in partitions:
+                partitions[row.topic] = sorted(await self._producer.partitions_for(row.topic))
+            key = row.key.encode()
+            partition = self._partitioner(key, partitions[row.topic], partitions[row.topic])
+            headers = [
+                ("ce_id", row.event_id.encode()),
+                ("ce_type", row.event_type.encode()),
+                ("traceparent", row.traceparent.encode()),
+            ]
+            slot = (row.topic, partition)
+            batch = open_batches.get(slot)
+            if batch is None:
+                batch = open_batches[slot] = self._producer.create_batch()
+            if batch.append(key=key, value=row.value, timestamp=None, headers=headers) is None:
+                futures.append(await self._producer.send_batch(batch, row.topic, partition=partition))
+                batch = open_batches[slot] = self._producer.create_batch()
+                if batch.append(key=key, value=row.value, timestamp=None, headers=headers) is None:
+                    raise ValueError("an outbox event is larger than the producer's batch size")
+        for (topic, partition), batch in open_batches.items():
+            futures.append(await self._producer.send_batch(batch, topic, partition=partition))
+        return futures
 
     async def run(self) -> None:
         """Publish until stopped; errors are logged and retried after a pause (nothing is dropped)."""
