@@ -226,7 +226,7 @@ def add_routes(app: FastAPI) -> None:
         if cursor is not None:
             q = q.where(s.seq > cursor)
         if type:
-            q = q.where(s.type == type)
+            q = q.where(s.type == type.removeprefix("signal."))  # the name, or the event type
         if upn:
             q = q.where(s.upn == upn)
         if school:
