@@ -11,6 +11,7 @@ have no ``_ended`` unless an amendment withdraws them.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,16 +45,25 @@ def end_signal(episode_type: str) -> str:
 
 @dataclass
 class CalendarCache:
-    """Each school's calendars, built once and dropped when a ``calendar.updated`` arrives."""
+    """Each school's calendars, built once and dropped when this process applies a
+    ``calendar.updated``. Entries also expire after ``ttl_seconds``, because with several rules
+    instances (one per group of partitions) the instance that applies a calendar change is not
+    always the one recomputing that school's pupils; the change itself triggers a recompute of
+    the school's pupils, so the window is small."""
 
     by_school: dict[str, Calendars] = field(default_factory=dict)
+    loaded_at: dict[str, float] = field(default_factory=dict)
+    ttl_seconds: float = 60.0
 
     def invalidate(self, urns: Iterable[str]) -> None:
         for urn in urns:
             self.by_school.pop(urn, None)
 
     async def get(self, conn: AsyncConnection, urns: Iterable[str]) -> dict[str, Calendars]:
-        missing = sorted({u for u in urns if u not in self.by_school})
+        now = time.monotonic()
+        missing = sorted(
+            {u for u in urns if u not in self.by_school or now - self.loaded_at[u] > self.ttl_seconds}
+        )
         if missing:
             rows = await conn.execute(select(t.calendars).where(t.calendars.c.school_urn.in_(missing)))
             built: dict[str, list[SchoolCalendar]] = defaultdict(list)
@@ -61,6 +71,7 @@ class CalendarCache:
                 built[r.school_urn].append(calendar_from_row(r.year, r.terms, r.closed))
             for urn in missing:
                 self.by_school[urn] = Calendars(built.get(urn, []))
+                self.loaded_at[urn] = now
         return {u: self.by_school[u] for u in urns}
 
 
