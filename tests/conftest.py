@@ -79,7 +79,14 @@ def postgres_databases() -> Iterator[Callable[[], Awaitable[str]]]:
         conn = await asyncpg.connect(dsn)
         try:
             for name in made:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                # An autovacuum worker can hold the database for a moment, and only a superuser
+                # may terminate it: retry, and leave a stray test database rather than fail.
+                for attempt in range(10):
+                    try:
+                        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                        break
+                    except asyncpg.PostgresError:
+                        await asyncio.sleep(0.2 * (attempt + 1))
         finally:
             await conn.close()
 
