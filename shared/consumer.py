@@ -61,8 +61,8 @@ class InboxConsumer:
                 delay = min(delay * 2, 10)
 
     async def run(self) -> None:
-        await self._start()
         try:
+            await self._start()
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
                 if not batch:
