@@ -1,10 +1,10 @@
-"""``python -m bench [ingest|rules|all] [options]`` (``make bench`` runs ``all``)."""
+"""``python -m bench [ingest|rules|notifications|all] [options]`` (``make bench`` runs ``all``)."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import ingest, rules
+from bench import ingest, notifications, rules
 
 
 def main() -> None:
@@ -14,8 +14,10 @@ def main() -> None:
         ingest.main(args if which == "ingest" else [])
     if which in ("rules", "all"):
         rules.main(args if which == "rules" else [])
-    if which not in ("ingest", "rules", "all"):
-        raise SystemExit(f"unknown benchmark {which!r}: ingest, rules or all")
+    if which in ("notifications", "all"):
+        notifications.main(args if which == "notifications" else [])
+    if which not in ("ingest", "rules", "notifications", "all"):
+        raise SystemExit(f"unknown benchmark {which!r}: ingest, rules, notifications or all")
 
 
 if __name__ == "__main__":

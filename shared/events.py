@@ -8,6 +8,7 @@ is all the contract uses, and one model keeps validation and serialisation in on
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import uuid
 from datetime import UTC, date, datetime
@@ -156,6 +157,60 @@ class SignalData(BaseModel):
     evidence: list[tuple[date, str, str]] = []  # (date, session, code) behind it
 
 
+# rollcall.alerts.v1 (notifications): each event is keyed by the pupil's UPN, `subject` = alert id.
+ALERT_EVENT_TYPES = (
+    "alert.raised",
+    "alert.delivered",
+    "alert.acknowledged",
+    "alert.escalated",
+    "alert.withdrawn",
+)
+
+
+class AlertPupil(BaseModel):
+    upn: str
+    school_urn: str
+
+
+class AlertDeadline(BaseModel):
+    case_id: str
+    kind: str
+    due_on: dt.date
+
+
+class AlertEventData(BaseModel):
+    """``alert.<raised|delivered|acknowledged|escalated|withdrawn>`` on ``rollcall.alerts.v1``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alert_id: str
+    signal: str
+    pupil: AlertPupil
+    raised_at: dt.datetime
+    evidence_url: str
+    recipient: str
+    reason: str  # why this recipient: social_worker, virtual_school, attendance_officer, escalation...
+    episode: str
+    occurred_on: dt.date
+    status: Literal["raised", "delivered", "acknowledged", "escalated", "withdrawn"]
+    deadline: AlertDeadline | None = None  # deadline_approaching alerts
+    escalated_from: list[str] | None = None  # an escalation: the alerts it escalates
+    # alert.delivered
+    channel: Literal["webhook", "email"] | None = None
+    delivery_id: int | None = None
+    attempts: int | None = None
+    delivered_at: dt.datetime | None = None
+    # alert.acknowledged
+    by: str | None = None
+    acknowledged_at: dt.datetime | None = None
+    # alert.escalated
+    escalated_at: dt.datetime | None = None
+    escalated_to: list[str] | None = None  # the SAST duty alerts raised for it
+    escalated_to_recipients: list[str] | None = None
+    # alert.withdrawn
+    withdrawn_at: dt.datetime | None = None
+
+
 # The payload model of every event type the project publishes, by topic (docs/asyncapi.json).
 PAYLOADS: dict[Topic, dict[str, type[BaseModel]]] = {
     Topic.MARKS: {EventType.MARK_RECORDED: MarkData, EventType.MARK_AMENDED: MarkData},
@@ -166,4 +221,5 @@ PAYLOADS: dict[Topic, dict[str, type[BaseModel]]] = {
         EventType.CARE_UPDATED: CareData,
     },
     Topic.SIGNALS: {"signal.<name>": SignalData},
+    Topic.ALERTS: dict.fromkeys(ALERT_EVENT_TYPES, AlertEventData),
 }

@@ -141,7 +141,9 @@ def service_app(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             with contextlib.suppress(Exception):
-                await producer.stop()
+                # Bounded: with Kafka gone, stop() waits forever to flush what is still in flight
+                # (those outbox rows were not deleted, so nothing is lost by giving up).
+                await asyncio.wait_for(producer.stop(), timeout=10)
             await engine.dispose()
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)

@@ -1,1 +1,2 @@
-"""Notifications service: recipients, routing and alert delivery (issue 4; not built yet)."""
+"""Notifications service: recipients, routing of signals and legal deadlines to them, alerts and
+their durable delivery (webhooks, email, Server-Sent Events, ``rollcall.alerts.v1``)."""

@@ -1,0 +1,37 @@
+"""The notifications service's app factory: directory, subscriptions and alerts API, the Kafka
+consumer, the delivery worker and the escalation scheduler."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.notifications import tables, worker
+from services.notifications.api import add_routes
+from services.notifications.settings import NotificationSettings
+from shared.service import service_app
+from shared.settings import Settings
+
+
+def notification_settings(settings: Settings | None) -> NotificationSettings:
+    """The service's settings: given ones are kept, the notification fields come from the environment."""
+    if isinstance(settings, NotificationSettings):
+        return settings
+    given = settings.model_dump(exclude_unset=True) if settings is not None else {}
+    given.setdefault("service", "notifications")
+    return NotificationSettings(**given)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    config = notification_settings(settings)
+    return service_app(
+        "notifications",
+        config,
+        tables.outbox,
+        title="Rollcall notifications",
+        description=(
+            "Routes signals and legal deadlines to the people who must act (SPEC §8, §9) and delivers "
+            "signed, de-duplicated alerts by webhook, email, Server-Sent Events and rollcall.alerts.v1."
+        ),
+        routers=[add_routes],
+        workers=[worker.consume, worker.deliver, worker.escalate],
+    )
