@@ -32,6 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PORTS = {"ingest": 8001, "rules": 8002, "legal": 8003, "notifications": 8004}
 
 
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def available_services() -> list[str]:
     """The services built so far (those with an app factory)."""
     return [name for name in PORTS if importlib.util.find_spec(f"services.{name}.app") is not None]
@@ -114,18 +125,28 @@ class Stack:
             time.sleep(0.3)
         raise SystemExit(f"{name} did not become ready in {timeout}s; see {self.log_dir / (name + '.log')}")
 
-    def stop_services(self) -> None:
+    def stop_services(self, timeout: float = 30) -> None:
+        """SIGTERM every service, then wait for them: each drains its outbox while Kafka is up."""
+        pids: list[int] = []
         for name in PORTS:
             pidfile = self.pidfile(name)
             if not pidfile.exists():
                 continue
             with contextlib.suppress(ProcessLookupError, ValueError):
-                os.killpg(int(pidfile.read_text()), signal.SIGTERM)
+                pid = int(pidfile.read_text())
+                os.killpg(pid, signal.SIGTERM)
+                pids.append(pid)
             pidfile.unlink(missing_ok=True)
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def down(self) -> None:
         self.stop_services()
-        time.sleep(1)
         self.broker.stop()
 
 
