@@ -58,6 +58,11 @@ class Problem(Exception):
         return body
 
 
+def problem_responses(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a router: each status answered as a problem, with its meaning."""
+    return {status: {"description": d, "content": {PROBLEM_JSON: {}}} for status, d in described.items()}
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> Response:
     return Response(
         orjson.dumps(problem.body(instance)),

@@ -22,7 +22,7 @@ from services.ingest import tables as t
 from services.ingest.schemas import CalendarIn, CareIn, MarksResult, RosterIn, RosterResult, SchoolIn, Written
 from shared.auth import Principal, Scope, forbidden, require
 from shared.bodies import media_type, read_body
-from shared.problems import Problem, validation_errors
+from shared.problems import Problem, problem_responses, validation_errors
 from shared.service import Runtime
 
 MARKS = Counter("rollcall_ingest_marks_total", "Marks received, by outcome", ["outcome"])
@@ -36,9 +36,8 @@ PupilsWriter = Annotated[Principal, Depends(require(Scope.PUPILS_WRITE))]
 MarksWriter = Annotated[Principal, Depends(require(Scope.MARKS_WRITE))]
 CareWriter = Annotated[Principal, Depends(require(Scope.CARE_WRITE))]
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {"application/problem+json": {}}}
-    for code, desc in {
+PROBLEM_RESPONSES = problem_responses(
+    {
         400: "Malformed body",
         401: "Missing or invalid token",
         403: "Token lacks the scope or may not act for this school",
@@ -46,8 +45,8 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body or batch too large",
         415: "Unsupported content type",
         422: "Invalid body",
-    }.items()
-}
+    }
+)
 
 MARKS_BODY = {
     "requestBody": {

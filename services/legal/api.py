@@ -35,7 +35,7 @@ from services.legal.schemas import (
     WithdrawalIn,
 )
 from shared.auth import Principal, Scope, forbidden, require
-from shared.problems import Problem
+from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 from shared.upn import InvalidUPN, validate_upn
 
@@ -43,17 +43,16 @@ Reader = Annotated[Principal, Depends(require(Scope.LEGAL_READ))]
 Writer = Annotated[Principal, Depends(require(Scope.LEGAL_WRITE))]
 PAGE = 500
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    s: {"description": d, "content": {"application/problem+json": {}}}
-    for s, d in {
+PROBLEMS = problem_responses(
+    {
         400: "Malformed JSON",
         401: "No or invalid token",
         403: "Not allowed",
         404: "No such case that you may see",
         409: "Refused by a named rule (`rule`)",
         422: "Invalid body or query",
-    }.items()
-}
+    }
+)
 
 
 def rt_of(request: Request) -> Runtime:

@@ -42,7 +42,7 @@ from services.notifications import alerts, routing, schemas, worker
 from services.notifications import tables as t
 from shared.auth import Principal, Scope, forbidden, require
 from shared.db import upsert
-from shared.problems import Problem
+from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 
 Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
@@ -57,15 +57,14 @@ MAX_SEQ = 2**63 - 1  # a BIGINT: larger numbers would overflow the database driv
 Cursor = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
 PAGE = 500
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    s: {"description": d, "content": {"application/problem+json": {}}}
-    for s, d in {
+PROBLEMS = problem_responses(
+    {
         401: "No or invalid token",
         403: "Not allowed",
         404: "Not found",
         422: "Invalid request",
-    }.items()
-}
+    }
+)
 
 
 def rt_of(request: Request) -> Runtime:

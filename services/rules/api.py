@@ -19,7 +19,7 @@ from services.rules import engine, recompute, reports
 from services.rules import tables as t
 from shared.auth import Principal, Scope, forbidden, require
 from shared.calendar import AcademicYear
-from shared.problems import Problem
+from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 
 Reader = Annotated[Principal, Depends(require(Scope.ATTENDANCE_READ))]
@@ -30,15 +30,14 @@ To = Annotated[dt.date | None, Query()]
 Month = Annotated[str, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
 PAGE = 500
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    s: {"description": d, "content": {"application/problem+json": {}}}
-    for s, d in {
+PROBLEMS = problem_responses(
+    {
         401: "No or invalid token",
         403: "Not allowed",
         404: "Not found",
         422: "Invalid query",
-    }.items()
-}
+    }
+)
 
 
 def rt_of(request: Request) -> Runtime:
