@@ -1,17 +1,21 @@
 """Run a service's Alembic migrations: ``python -m shared.migrate ingest`` (the prestart step).
 
 Each service has its own ``services/<name>/migrations`` history and its own version table
-(``alembic_version_<name>``), so services can share one PostgreSQL database or use their own.
+(``alembic_version_<name>``); each service uses a database of its own (their tables share names).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
 
+from shared.db import create_engine
 from shared.settings import Settings
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
@@ -43,3 +47,31 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_environment(service: str, metadata: MetaData) -> None:
+    """The body of every service's ``migrations/env.py``: migrate with the async engine, in the
+    service's own version table (batch mode on SQLite so ALTERs work)."""
+    from alembic import context
+
+    config = context.config
+    version_table = config.attributes.get("version_table", f"alembic_version_{service}")
+
+    def run(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table=version_table,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def main() -> None:
+        engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+        async with engine.connect() as conn:
+            await conn.run_sync(run)
+            await conn.commit()
+        await engine.dispose()
+
+    asyncio.run(main())
