@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -51,6 +52,7 @@ class Stack:
     ingest: str
     rules: str
     ingest_db: Path
+    logs: list[Path]
 
 
 def start(service: str, db: Path, bootstrap: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -107,7 +109,7 @@ def stack(e2e_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             cwd=ROOT, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         assert loader.returncode == 0, loader.stdout[-2000:] + loader.stderr[-2000:]
-        yield Stack(ingest_url, rules_url, tmp / "ingest.db")
+        yield Stack(ingest_url, rules_url, tmp / "ingest.db", [tmp / "ingest.log", tmp / "rules.log"])
     finally:
         for proc in (ingest, rules):
             proc.terminate()
@@ -212,3 +214,25 @@ def test_rules_figures_equal_an_independent_recomputation(stack: Stack, e2e_kafk
     assert s["possible"] + s["not_counted"] == n
     signals = events_on(kafka_bootstrap, "rollcall.signals.v1", lambda e: e["source"] == "/rollcall/rules", 1)
     assert {e["type"] for e in signals} >= {"signal.first_day_absence", "signal.band_changed"}
+
+
+def test_logs_hold_no_names_dates_of_birth_or_postcodes(stack: Stack) -> None:
+    """Children's data never goes into logs: grep the run's service logs for every pupil's and
+    parent's name, date of birth and postcode that the loader sent (SPEC; issue 7 item 4)."""
+    from borough.generate import Borough
+
+    text = "\n".join(path.read_text() for path in stack.logs)
+    assert '"route": "/v1/schools/{urn}/marks"' in text  # the logs are the real request logs
+    names: set[str] = set()
+    exact: set[str] = set()  # dates of birth, postcodes and UPNs, as written
+    for school in Borough(SEED, SCALE).schools:
+        for e in Borough(SEED, SCALE).enrolments(school):
+            p = e.pupil
+            names.update({p.given_name, p.family_name})
+            names.update(word for parent in p.parents for word in parent.name.split())
+            exact.update({p.date_of_birth.isoformat(), p.home_postcode, p.upn})
+    exact.discard("")
+    # Names are matched as whole words ("Ava" must not match "NotAvailableError").
+    words = set(re.findall(r"[A-Za-z][A-Za-z'-]*", text))
+    assert sorted(names & words) == []
+    assert sorted(x for x in exact if x in text) == []
