@@ -78,11 +78,6 @@ async def lock_school(conn: AsyncConnection, urn: str) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"school:{urn}")})
 
 
-def sync_url(url: str) -> str:
-    """The synchronous driver URL for Alembic (aiosqlite → pysqlite, asyncpg → psycopg)."""
-    return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
-
-
 async def upsert(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """Insert ``rows`` or, where the key exists, overwrite the other columns (SQLite and PostgreSQL)."""
     if not rows:

@@ -29,12 +29,6 @@ async def first_time(conn: AsyncConnection, table: Table, event_id: str) -> bool
     return bool(result.rowcount == 1)
 
 
-async def seen(conn: AsyncConnection, table: Table, event_id: str) -> bool:
-    return (
-        await conn.execute(select(table.c.event_id).where(table.c.event_id == event_id))
-    ).first() is not None
-
-
 async def first_times(conn: AsyncConnection, table: Table, event_ids: list[str]) -> set[str]:
     """Record a batch of event ids; returns those not processed before (one query per 1,000 ids)."""
     new: set[str] = set()

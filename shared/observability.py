@@ -88,9 +88,6 @@ class RequestMetrics:
             )
 
 
-ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
-
-
 def health_router(readiness: Callable[[Request], Awaitable[dict[str, str]]]) -> APIRouter:
     """``/healthz`` (alive, no I/O), ``/readyz`` (dependencies reachable, else 503), ``/metrics``."""
     router = APIRouter(tags=["operations"])

@@ -33,7 +33,6 @@ from sqlalchemy import (
     String,
     Table,
     delete,
-    func,
     insert,
     select,
 )
@@ -107,10 +106,6 @@ class OutboxRelay:
 
     def wake(self) -> None:
         self._wake.set()
-
-    async def backlog(self) -> int:
-        async with self._engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(self._table))).scalar_one())
 
     async def publish_once(self) -> int:
         """Publish one batch of pending rows in commit order; returns how many were published."""
