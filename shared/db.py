@@ -78,15 +78,23 @@ async def lock_school(conn: AsyncConnection, urn: str) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"school:{urn}")})
 
 
-async def upsert(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    """Insert ``rows`` or, where the key exists, overwrite the other columns (SQLite and PostgreSQL)."""
+async def upsert(
+    conn: AsyncConnection, table: Any, rows: list[dict[str, Any]], keys: list[str], add: tuple[str, ...] = ()
+) -> None:
+    """Insert ``rows`` or, where the key exists, overwrite the other columns (SQLite and PostgreSQL);
+    columns named in ``add`` are added to the stored values instead (counters kept by deltas)."""
     if not rows:
         return
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(table)
     columns = [c for c in rows[0] if c not in keys]
+    if add:
+        rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))  # one lock order: no deadlocks
     stmt = (
-        stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in columns})
+        stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={c: (table.c[c] + stmt.excluded[c]) if c in add else stmt.excluded[c] for c in columns},
+        )
         if columns
         else stmt.on_conflict_do_nothing(index_elements=keys)
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,3 +62,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / f'{self.service}.db').resolve()}"
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def extended(cls: type[S], settings: Settings | None, service: str) -> S:
+    """A service's own settings class: the given settings kept, its extra fields from the environment."""
+    if isinstance(settings, cls):
+        return settings
+    given = settings.model_dump(exclude_unset=True) if settings is not None else {}
+    given.setdefault("service", service)
+    return cls(**given)

@@ -416,6 +416,44 @@ def add_routes(app: FastAPI) -> None:
             return Response(evidence.render_html(pack), media_type="text/html; charset=utf-8")
         return Response(orjson.dumps(pack), media_type="application/json")
 
+    @router.get("/figures", tags=["figures"])
+    async def figures(
+        request: Request,
+        principal: Reader,
+        start: Annotated[dt.date, Query(alias="from")],
+        end: Annotated[dt.date, Query(alias="to")],
+    ) -> dict[str, Any]:
+        """What the LA's strategy counts (SPEC §10) for the cases the caller may see, in a period:
+        penalty notices issued (first and second, paid, withdrawn), and cases moved into each
+        intervention (notice to improve, contract, supervision order, prosecution, parenting
+        order) by the date the move took effect — in all, by school and by month."""
+        if end < start:
+            error = {"index": None, "field": "to", "code": "date_order", "detail": "to is before from"}
+            raise Problem(422, "validation", "Request is not valid", "`to` is before `from`", errors=[error])
+        pn, c, h = t.penalty_notices.c, t.cases.c, t.history.c
+        visible = _visible_filter(principal)
+
+        def scoped(q: Any) -> Any:
+            q = q.outerjoin(t.schools, t.schools.c.urn == c.school_urn).outerjoin(
+                t.pupils, t.pupils.c.upn == c.upn
+            )
+            return q.where(visible) if visible is not None else q
+
+        notices = scoped(
+            select(pn.school_urn, pn.issued_on, pn.sequence, pn.status)
+            .join(t.cases, c.id == pn.case_id)
+            .where(pn.issued_on >= start, pn.issued_on <= end)
+        )
+        moves = scoped(
+            select(c.school_urn, h.effective_on, h.to_state)
+            .join(t.cases, c.id == h.case_id)
+            .where(h.kind == "transition", h.effective_on >= start, h.effective_on <= end)
+        )
+        async with rt_of(request).engine.connect() as conn:
+            notice_rows = (await conn.execute(notices)).all()
+            move_rows = (await conn.execute(moves)).all()
+        return views.figures_body(start, end, notice_rows, move_rows)
+
     @router.get("/deadlines", tags=["deadlines"])
     async def list_deadlines(
         request: Request,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import select
@@ -200,4 +201,41 @@ async def case_body(conn: AsyncConnection, case: Row[Any], today: dt.date, polic
         "holiday_case": wf.is_holiday_case(facts),
         "responsibilities": wf.responsibilities(facts.pupil, facts.school),
         "moves_today": moves,
+    }
+
+
+INTERVENTIONS = ("notice_to_improve", "attendance_contract", "education_supervision_order", "prosecution",
+                 "parenting_order")  # fmt: skip
+
+
+def figures_body(
+    start: dt.date, end: dt.date, notices: list[Row[Any]], moves: list[Row[Any]]
+) -> dict[str, Any]:
+    """Counts of penalty notices and interventions, in all, by school and by month (GET /v1/figures)."""
+
+    def empty() -> dict[str, int]:
+        return {"penalty_notices": 0, **dict.fromkeys(INTERVENTIONS, 0)}
+
+    by_school: dict[str, dict[str, int]] = defaultdict(empty)
+    by_month: dict[str, dict[str, int]] = defaultdict(empty)
+    pn = {"issued": 0, "first": 0, "second": 0, "paid": 0, "withdrawn": 0}
+    for r in notices:
+        pn["issued"] += 1
+        pn["first" if r.sequence == 1 else "second"] += 1
+        if r.status in ("paid", "withdrawn"):
+            pn[r.status] += 1
+        by_school[r.school_urn]["penalty_notices"] += 1
+        by_month[r.issued_on.strftime("%Y-%m")]["penalty_notices"] += 1
+    moved = dict.fromkeys(INTERVENTIONS, 0)
+    for r in moves:
+        if r.to_state in moved:
+            moved[r.to_state] += 1
+            by_school[r.school_urn][r.to_state] += 1
+            by_month[r.effective_on.strftime("%Y-%m")][r.to_state] += 1
+    return {
+        "period": {"from": start.isoformat(), "to": end.isoformat()},
+        "penalty_notices": pn,
+        "interventions": moved,
+        "by_school": [{"school_urn": k, **v} for k, v in sorted(by_school.items())],
+        "by_month": [{"month": k, **v} for k, v in sorted(by_month.items())],
     }

@@ -9,20 +9,11 @@ from services.notifications import tables, worker
 from services.notifications.api import add_routes
 from services.notifications.settings import NotificationSettings
 from shared.service import service_app
-from shared.settings import Settings
-
-
-def notification_settings(settings: Settings | None) -> NotificationSettings:
-    """The service's settings: given ones are kept, the notification fields come from the environment."""
-    if isinstance(settings, NotificationSettings):
-        return settings
-    given = settings.model_dump(exclude_unset=True) if settings is not None else {}
-    given.setdefault("service", "notifications")
-    return NotificationSettings(**given)
+from shared.settings import Settings, extended
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    config = notification_settings(settings)
+    config = extended(NotificationSettings, settings, "notifications")
     return service_app(
         "notifications",
         config,

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import tables as t
+from shared.codes import CodeError, lookup
 from shared.db import upsert
 from shared.events import CloudEvent, EventType
 
@@ -37,10 +38,21 @@ async def apply(conn: AsyncConnection, events: Iterable[CloudEvent]) -> Changes:
     pupils: dict[str, dict[str, Any]] = {}
     enrolments: dict[tuple[str, str], dict[str, Any]] = {}
     care: dict[str, dict[str, Any]] = {}
+    days: dict[tuple[str, dt.date, str], dict[str, Any]] = {}
+
+    def count(urn: str, day: dt.date, code: str, category: str, n: int) -> None:
+        row = days.setdefault((urn, day, code), {"school_urn": urn, "date": day, "code": code,
+                                                 "category": category, "sessions": 0})  # fmt: skip
+        row["sessions"] += n
+
     for event in events:
         d = event.data
         if event.type in (EventType.MARK_RECORDED, EventType.MARK_AMENDED):
             key = (d["upn"], d["school_urn"], d["date"], d["session"])
+            day = _iso(d["date"])
+            count(d["school_urn"], day, d["code"], d["category"], 1)
+            if event.type == EventType.MARK_AMENDED and d.get("previous_code"):
+                count(d["school_urn"], day, d["previous_code"], _category(d["previous_code"], day), -1)
             register[key] = {
                 "upn": d["upn"],
                 "school_urn": d["school_urn"],
@@ -96,12 +108,22 @@ async def apply(conn: AsyncConnection, events: Iterable[CloudEvent]) -> Changes:
     await upsert(conn, t.enrolments, list(enrolments.values()), ["upn", "school_urn"])
     await upsert(conn, t.care, list(care.values()), ["upn"])
     await upsert(conn, t.register, list(register.values()), ["upn", "school_urn", "date", "session"])
+    await upsert(conn, t.register_days, [r for r in days.values() if r["sessions"]],
+                 ["school_urn", "date", "code"], add=("sessions",))  # fmt: skip
     if changes.calendars:
         rows = await conn.execute(
             select(t.enrolments.c.upn).where(t.enrolments.c.school_urn.in_(sorted(changes.calendars)))
         )
         changes.pupils.update(r.upn for r in rows)
     return changes
+
+
+def _category(code: str, day: dt.date) -> str:
+    """The statistical category of a code that ingest accepted for ``day`` (so it is known then)."""
+    try:
+        return lookup(code, day).category.value
+    except CodeError:
+        return "unknown"
 
 
 def _iso(value: Any) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import tomllib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -290,22 +290,43 @@ async def _with_attrs(
     return out
 
 
+async def day_counts(
+    conn: AsyncConnection, start: dt.date, end: dt.date, schools: Iterable[str] | None = None
+) -> dict[tuple[str, dt.date], Counts]:
+    """Sessions per (school, day) between ``start`` and ``end`` from the register's daily sums."""
+    d = t.register_days.c
+    q = select(d.school_urn, d.date, d.code, d.category, d.sessions).where(
+        d.date >= start, d.date <= end, d.sessions != 0
+    )
+    if schools is not None:
+        q = q.where(d.school_urn.in_(sorted(schools)))
+    out: dict[tuple[str, dt.date], Counts] = defaultdict(Counts)
+    for row in await conn.execute(q):
+        c = out[(row.school_urn, row.date)]
+        c.add_category(row.category, row.sessions)
+        if row.code == "G":
+            c.holiday += row.sessions
+        elif row.code == "C2":
+            c.part_time += row.sessions
+    return out
+
+
+def by_week(days: dict[tuple[str, dt.date], Counts]) -> list[dict[str, Any]]:
+    """The trend by school week: sessions and rates per Monday–Sunday week."""
+    weeks: dict[dt.date, Counts] = defaultdict(Counts)
+    for (_, day), c in days.items():
+        weeks[week_start(day)].add(c)
+    return [
+        {"key": monday.isoformat(), "week_start": monday.isoformat(), **measures(weeks[monday])}
+        for monday in sorted(weeks)
+    ]
+
+
 async def weekly(
     conn: AsyncConnection, start: dt.date, end: dt.date, school: str | None = None
 ) -> list[dict[str, Any]]:
-    """The trend by school week: sessions and rates per Monday–Sunday week."""
-    r = t.register.c
-    q = select(r.date, r.category, func.count().label("n")).where(r.date >= start, r.date <= end)
-    if school:
-        q = q.where(r.school_urn == school)
-    weeks: dict[dt.date, Counts] = defaultdict(Counts)
-    for row in await conn.execute(q.group_by(r.date, r.category)):
-        weeks[week_start(row.date)].add_category(row.category, int(row.n))
-    out = []
-    for monday in sorted(weeks):
-        c = weeks[monday]
-        out.append({"key": monday.isoformat(), "week_start": monday.isoformat(), **measures(c)})
-    return out
+    """The trend by school week for the LA or one school."""
+    return by_week(await day_counts(conn, start, end, [school] if school else None))
 
 
 @cache

@@ -96,6 +96,19 @@ register = Table(
 )
 Index("ix_register_school_date", register.c.school_urn, register.c.date)
 
+# Sessions per school, day and code: the register summed, kept by deltas as marks arrive, so the
+# weekly trend, hotspots over a period and before/after comparisons never scan the register.
+register_days = Table(
+    "register_days",
+    metadata,
+    Column("school_urn", String(10), primary_key=True),
+    Column("date", Date, primary_key=True),
+    Column("code", String(3), primary_key=True),
+    Column("category", String(16), nullable=False),
+    Column("sessions", Integer, nullable=False),
+)
+Index("ix_register_days_date", register_days.c.date)
+
 # The year-to-date assessment of each enrolment, as of its last recompute.
 assessments = Table(
     "assessments",

@@ -163,6 +163,21 @@ async def test_threshold_marks_to_prosecution_with_evidence(
         second["id"]: "prosecuted",
     }
 
+    # The strategy's counts: two notices (one paid) and one prosecution this year; none for another school.
+    year = {"from": "2024-09-01", "to": "2025-08-31"}
+    fig = (await legal.get("/v1/figures", params=year, headers=bearer(READ))).json()
+    assert fig["penalty_notices"] == {"issued": 2, "first": 1, "second": 1, "paid": 1, "withdrawn": 0}
+    assert fig["interventions"]["prosecution"] == 1
+    assert [(m["month"], m["penalty_notices"]) for m in fig["by_month"] if m["penalty_notices"]] == [
+        ("2024-10", 1),
+        ("2025-01", 1),
+    ]
+    other = (await legal.get("/v1/figures", params=year, headers=bearer(READ, ["999999"]))).json()
+    assert other["penalty_notices"]["issued"] == 0 and other["by_school"] == []
+    autumn = (await legal.get("/v1/figures", params={"from": "2024-09-01", "to": "2024-12-31"},
+                              headers=bearer(READ))).json()  # fmt: skip
+    assert autumn["penalty_notices"]["issued"] == 1
+
     ev = (await legal.get(f"/v1/cases/{cid}/evidence", headers=bearer(READ))).json()
     period = ev["offence_period"]
     assert period["to"] == "2025-01-17"

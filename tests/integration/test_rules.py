@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.rules import worker
+from services.rules import reports, worker
 from tests.conftest import bearer
 from tests.integration.ingest_fixtures import pupil, read_topic, service_client, setup_school
 
@@ -173,6 +173,14 @@ async def test_amendment_ends_the_threshold_episode(
             break
         await asyncio.sleep(0.3)
     assert body["penalty_window"]["threshold_met"] is False
+    # The daily sums behind the weekly trend moved the session from unauthorised to authorised.
+    async with rules.app.state.runtime.engine.connect() as conn:  # type: ignore[attr-defined]
+        by_day = await reports.day_counts(conn, dt.date(2024, 9, 1), dt.date(2024, 9, 30), [urn])
+    week = reports.by_week(by_day)
+    assert [(w["week_start"], w["sessions"]["unauthorised"], w["sessions"]["authorised"]) for w in week] == [
+        ("2024-09-02", 7, 1),  # Tue 3 – Fri 6 September: 8 sessions, the first amended to I
+        ("2024-09-09", 2, 0),
+    ]
 
     def mine(e: dict[str, Any]) -> bool:
         return e["data"]["school_urn"] == urn and "penalty" in e["type"]
