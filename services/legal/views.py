@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -209,7 +210,7 @@ INTERVENTIONS = ("notice_to_improve", "attendance_contract", "education_supervis
 
 
 def figures_body(
-    start: dt.date, end: dt.date, notices: list[Row[Any]], moves: list[Row[Any]]
+    start: dt.date, end: dt.date, notices: Sequence[Row[Any]], moves: Sequence[Row[Any]]
 ) -> dict[str, Any]:
     """Counts of penalty notices and interventions, in all, by school and by month (GET /v1/figures)."""
 

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -261,6 +261,21 @@ def add_routes(app: FastAPI) -> None:
             raise not_found("recipient")
         return recipient_body(row)
 
+    @router.get("/recipients/{id}/pupils", tags=["directory"])
+    async def allocated_pupils(id: RecipientPath, request: Request, principal: Reader) -> dict[str, Any]:
+        """The pupils allocated to a social worker or Early Help lead: ``admin``, or their own token.
+        The dashboard uses it to show a social worker only their own pupils."""
+        if not is_admin(principal) and principal.sub != id:
+            raise not_found("recipient")
+        a = t.pupil_allocations.c
+        async with rt_of(request).engine.connect() as conn:
+            row = (await conn.execute(select(t.recipients).where(t.recipients.c.id == id))).first()
+            if row is None:
+                raise not_found("recipient")
+            q = select(a.upn).where(or_(a.social_worker == id, a.early_help == id)).order_by(a.upn)
+            upns = (await conn.execute(q)).scalars().all()
+        return {"recipient": id, "role": row.role, "pupils": list(upns)}
+
     @router.put("/allocations/pupils/{upn}", tags=["directory"])
     async def put_pupil_allocation(
         upn: UpnPath, body: schemas.PupilAllocationBody, request: Request, _: CareWriter
@@ -394,6 +409,7 @@ def add_routes(app: FastAPI) -> None:
         signal: Annotated[str | None, Query(max_length=60)] = None,
         upn: Annotated[str | None, Query(max_length=13)] = None,
         school: Annotated[str | None, Query(pattern=r"^[0-9]{6,7}$")] = None,
+        occurred_on: Annotated[dt.date | None, Query(description="the session's date, e.g. today")] = None,
         cursor: Cursor = None,
         limit: Annotated[int, Query(ge=1, le=PAGE)] = 100,
     ) -> dict[str, Any]:  # fmt: skip
@@ -403,7 +419,7 @@ def add_routes(app: FastAPI) -> None:
         if cursor is not None:
             q = q.where(a.seq > cursor)
         for column, value in ((a.recipient, recipient), (a.status, status), (a.signal, signal), (a.upn, upn),
-                              (a.school_urn, school)):  # fmt: skip
+                              (a.school_urn, school), (a.occurred_on, occurred_on)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
         async with rt_of(request).engine.connect() as conn:

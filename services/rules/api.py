@@ -130,18 +130,10 @@ def add_routes(app: FastAPI) -> None:
         check_period(start, end)
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
-            inputs = await recompute.load_inputs(conn, [upn], recompute.CalendarCache())
-            visible_schools = await _visible(conn, principal)
-        pupil = inputs.get(upn)
-        if pupil is None:
+            visible = await visible_schools(conn, principal)
+            assessments = await assess_pupil(conn, rt, upn, visible, start, end)
+        if not assessments:
             raise Problem(404, "not-found", "Not found", "no pupil with this UPN that you may see")
-        pupil = engine.PupilInput(
-            pupil.upn, pupil.date_of_birth, pupil.care,
-            tuple(e for e in pupil.enrolments if visible_schools is None or e.school_urn in visible_schools),
-        )  # fmt: skip
-        if not pupil.enrolments:
-            raise Problem(404, "not-found", "Not found", "no pupil with this UPN that you may see")
-        assessments = engine.assess(pupil, rt.policy, rt.today(), rt.now(), start=start, end=end)
         if school is not None:
             chosen = next((a for a in assessments if a.school_urn == school), None)
             if chosen is None:
@@ -288,7 +280,29 @@ def add_routes(app: FastAPI) -> None:
     app.include_router(router)
 
 
-async def _visible(conn: AsyncConnection, principal: Principal) -> set[str] | None:
+async def assess_pupil(
+    conn: AsyncConnection,
+    rt: Runtime,
+    upn: str,
+    schools: set[str] | frozenset[str] | None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[engine.Assessment]:
+    """The pupil's assessments at the schools the caller may see (none: unknown or not visible)."""
+    inputs = await recompute.load_inputs(conn, [upn], recompute.CalendarCache())
+    pupil = inputs.get(upn)
+    if pupil is None:
+        return []
+    pupil = engine.PupilInput(
+        pupil.upn, pupil.date_of_birth, pupil.care,
+        tuple(e for e in pupil.enrolments if schools is None or e.school_urn in schools),
+    )  # fmt: skip
+    if not pupil.enrolments:
+        return []
+    return engine.assess(pupil, rt.policy, rt.today(), rt.now(), start=start, end=end)
+
+
+async def visible_schools(conn: AsyncConnection, principal: Principal) -> set[str] | None:
     """The schools a token may see pupils at (None: all of them)."""
     if principal.schools is None and principal.la is None:
         return None

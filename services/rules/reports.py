@@ -248,8 +248,10 @@ async def enrolments_between(
     end: dt.date,
     school: str | None = None,
     band_of: Callable[[float], str] | None = None,
+    schools: Iterable[str] | None = None,
 ) -> list[Enrolment]:
-    """Per-enrolment counts for an explicit period, summed from the register."""
+    """Per-enrolment counts for an explicit period, summed from the register (one school, some
+    schools, or all)."""
     r = t.register.c
     q = (
         select(
@@ -265,6 +267,8 @@ async def enrolments_between(
     )
     if school:
         q = q.where(r.school_urn == school)
+    if schools is not None:
+        q = q.where(r.school_urn.in_(sorted(schools)))
     acc: dict[tuple[str, str], Counts] = defaultdict(Counts)
     for row in await conn.execute(q):
         c = acc[(row.upn, row.school_urn)]

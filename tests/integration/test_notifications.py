@@ -328,6 +328,11 @@ async def test_api_answers_problems(sqlite_db: str, kafka_bootstrap: str) -> Non
         assert {(e["field"], e["code"]) for e in r.json()["errors"]} == {
             ("social_worker", "wrong_role"), ("early_help", "unknown_recipient")
         }  # fmt: skip
+        await put(client, "/v1/allocations/pupils/A343200018001", {"social_worker": "sw-2"})
+        mine = await client.get("/v1/recipients/sw-2/pupils", headers=headers_for("sw-2", "alerts:read"))
+        assert mine.json() == {"recipient": "sw-2", "role": "social_worker", "pupils": ["A343200018001"]}
+        theirs = await client.get("/v1/recipients/sw-2/pupils", headers=headers_for("eh-2", "alerts:read"))
+        assert theirs.status_code == 404
         r = await client.put("/v1/allocations/pupils/not-a-upn", json={}, headers=ADMIN)
         assert r.status_code == 422
         r = await client.put(
