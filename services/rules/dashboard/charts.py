@@ -25,9 +25,17 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.1f}{unit}" if unit == "%" else f"{value:,.0f}{unit}"
 
 
-def _svg(parts: list[str]) -> Markup:
-    """The drawn chart, marked safe for templates: every label in ``parts`` went through ``escape``."""
-    return Markup("".join(parts))  # noqa: S704 - built here from numbers and escaped labels only
+def _svg(title: str, parts: list[str]) -> Markup:
+    """The drawn chart in a captioned figure, marked safe for templates: every label in ``parts``
+    went through ``escape``."""
+    parts.append("</svg>")
+    head = f'<figure class="chart-box"><figcaption>{escape(title)}</figcaption>'
+    return Markup(head + "".join(parts) + "</figure>")  # noqa: S704 - numbers and escaped labels only
+
+
+def _legend_x(entries: Sequence[tuple[str, object]], index: int) -> int:
+    """Where the ``index``-th legend entry starts: after the earlier names (about 6.5 px a letter)."""
+    return sum(28 + int(6.5 * len(name)) for name, _ in entries[:index])
 
 
 def _open(title: str, width: int, height: int) -> list[str]:
@@ -84,11 +92,10 @@ def line_chart(
             pen = "L"
         out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>')
         out.append(
-            f'<rect x="{left + 150 * s}" y="6" width="12" height="12" fill="{colour}"/>'
-            f'<text x="{left + 150 * s + 16}" y="16" class="legend">{escape(name)}</text>'
+            f'<rect x="{left + _legend_x(series, s)}" y="6" width="12" height="12" fill="{colour}"/>'
+            f'<text x="{left + _legend_x(series, s) + 16}" y="16" class="legend">{escape(name)}</text>'
         )
-    out.append("</svg>")
-    return _svg(out)
+    return _svg(title, out)
 
 
 def bar_chart(
@@ -121,8 +128,7 @@ def bar_chart(
             f'<text x="{xr:.1f}" y="{top - 10}" text-anchor="middle" class="legend">'
             f"{escape(reference[0])} {_fmt(reference[1], unit)}</text>"
         )
-    out.append("</svg>")
-    return _svg(out)
+    return _svg(title, out)
 
 
 def grouped_bars(
@@ -163,40 +169,41 @@ def grouped_bars(
         )
     for g, (name, _) in enumerate(groups):
         out.append(
-            f'<rect x="{left + 150 * g}" y="6" width="12" height="12" fill="{PALETTE[g % len(PALETTE)]}"/>'
-            f'<text x="{left + 150 * g + 16}" y="16" class="legend">{escape(name)}</text>'
+            f'<rect x="{left + _legend_x(groups, g)}" y="6" width="12" height="12" '
+            f'fill="{PALETTE[g % len(PALETTE)]}"/>'
+            f'<text x="{left + _legend_x(groups, g) + 16}" y="16" class="legend">{escape(name)}</text>'
         )
-    out.append("</svg>")
-    return _svg(out)
+    return _svg(title, out)
 
 
 def heat_strip(
-    title: str, sessions: Sequence[tuple[dt.date, str, str | None, str | None]], width: int = 760
+    title: str,
+    days: Sequence[dt.date],
+    sessions: Sequence[tuple[dt.date, str, str | None, str | None]],
+    width: int = 760,
 ) -> Markup:
-    """The register for the year: one column per school day, AM above PM, coloured by category.
-
-    ``sessions`` is ``(date, session, code, category)``; each cell's tooltip gives the date and code.
-    """
-    days = sorted({d for d, _, _, _ in sessions})
-    if not days:
-        return _svg([*_open(title, width, 40), '<text x="4" y="24" class="axis">no marks</text></svg>'])
-    cell = max(2.0, min(12.0, (width - 8) / len(days)))
+    """The register for the year: one column per day of ``days`` (the year's weekdays), AM above
+    PM, coloured by category; days without a mark stay pale. ``sessions`` is
+    ``(date, session, code, category)``; each cell's tooltip gives the date and code."""
     col = {d: i for i, d in enumerate(days)}
-    height = int(2 * cell + 34)
+    cell_w, cell_h = (width - 8) / max(len(days), 1), 16
+    height = 2 * cell_h + 30
     out = _open(title, width, height)
+    out.append(f'<rect x="4" y="4" width="{width - 8}" height="{2 * cell_h}" fill="#f0f2f4"/>')
     for d, session, code, category in sessions:
-        xx = 4 + col[d] * cell
-        yy = 4 + (0 if session == "AM" else cell)
+        if d not in col:
+            continue
+        xx = 4 + col[d] * cell_w
+        yy = 4 + (0 if session == "AM" else cell_h)
         colour = CATEGORY_COLOURS.get(category or "", "#eeeeee")
         out.append(
-            f'<rect class="session {escape(category or "none")}" x="{xx:.1f}" y="{yy:.1f}" '
-            f'width="{cell:.1f}" height="{cell:.1f}" fill="{colour}">'
+            f'<rect class="session {escape(category or "none")}" x="{xx:.2f}" y="{yy}" '
+            f'width="{cell_w:.2f}" height="{cell_h}" fill="{colour}">'
             f"<title>{d.isoformat()} {session} {escape(code or '')}</title></rect>"
         )
     months: dict[tuple[int, int], dt.date] = {}
     for d in days:
         months.setdefault((d.year, d.month), d)
     for first in months.values():
-        out.append(f'<text x="{4 + col[first] * cell:.1f}" y="{height - 8}" class="axis">{first:%b}</text>')
-    out.append("</svg>")
-    return _svg(out)
+        out.append(f'<text x="{4 + col[first] * cell_w:.1f}" y="{height - 8}" class="axis">{first:%b}</text>')
+    return _svg(title, out)

@@ -160,7 +160,7 @@ def report_charts(fig: figures.Figures, legal: dict[str, Any] | None) -> dict[st
                                     reference=("LA", la) if la is not None else None),
         "wards": charts.bar_chart("Absence by ward (where pupils live)", worst("ward", 40)),
     }  # fmt: skip
-    if legal:
+    if legal and legal["by_month"]:
         months = legal["by_month"]
         out["legal"] = charts.grouped_bars(
             "Penalty notices and prosecutions by month",
@@ -417,8 +417,12 @@ def add_routes(app: FastAPI) -> None:
                     continue
                 if status == 200:
                     case_details.append(body)
+        last = min(year.last_day, dt.date(year.start_year + 1, 7, 31))
+        weekdays = [year.first_day + dt.timedelta(days=i) for i in range((last - year.first_day).days + 1)]
         strip = charts.heat_strip(
-            f"Register {year.label}", [(x.date, x.session, x.code, x.category) for x in register]
+            f"Register {year.label}",
+            [d for d in weekdays if d.weekday() < 5],
+            [(x.date, x.session, x.code, x.category) for x in register],
         )
         return render(
             request,
@@ -604,7 +608,7 @@ def add_routes(app: FastAPI) -> None:
                 "generated": rt.now(),
                 "charts_": kpi_charts(fig),
                 "extra": report_charts(fig, legal),
-            },  # fmt: skip
+            },
         )
 
     app.include_router(router)
