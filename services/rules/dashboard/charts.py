@@ -114,8 +114,10 @@ def bar_chart(
     for i, (label, value) in enumerate(rows):
         yy = top + i * (bar_h + gap)
         w = plot_w * value / top_value
+        short = label if len(label) <= 34 else label[:33] + "…"
         out.append(
-            f'<text x="{label_w - 6}" y="{yy + 12}" text-anchor="end" class="axis">{escape(label)}</text>'
+            f'<text x="{label_w - 6}" y="{yy + 12}" text-anchor="end" class="axis">{escape(short)}'
+            f"<title>{escape(label)}</title></text>"
         )
         out.append(
             f'<rect class="bar" x="{label_w}" y="{yy}" width="{w:.1f}" height="{bar_h}" fill="{PALETTE[0]}"/>'
