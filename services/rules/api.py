@@ -26,7 +26,7 @@ Reader = Annotated[Principal, Depends(require(Scope.ATTENDANCE_READ))]
 UrnPath = Annotated[str, Path(pattern=r"^[0-9]{6,7}$")]
 UpnPath = Annotated[str, Path(min_length=13, max_length=13, pattern=r"^[A-Z0-9]{13}$")]
 From = Annotated[dt.date | None, Query(alias="from")]
-To = Annotated[dt.date | None, Query()]
+To = Annotated[dt.date | None, Query(alias="to")]
 Month = Annotated[str, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
 PAGE = 500
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.rules import dashboard, tables, worker
+from services.rules import dashboard, figures, tables, worker
 from services.rules.api import add_routes
 from services.rules.dashboard.partners import close_partners
 from services.rules.settings import RulesSettings
@@ -20,5 +20,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Rollcall rules",
         description="Every pupil's measures, band and signals, recomputed as marks arrive (SPEC §3–§6, §10).",
         routers=[add_routes, dashboard.add_routes],
-        workers=[worker.consume, worker.schedule, close_partners],
+        workers=[worker.consume, worker.schedule, figures.keep_fresh, close_partners],
     )

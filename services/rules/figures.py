@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.rules import reports
@@ -51,6 +51,7 @@ class Figures:
     groups: dict[str, list[dict[str, Any]]]
     weeks: list[dict[str, Any]]
     build_seconds: float
+    version: tuple[int, Any]  # the assessments it was built from: (count, latest computed_at)
 
 
 async def build(engine: AsyncEngine, policy: Policy, view: View, today: dt.date, now: dt.datetime) -> Figures:
@@ -59,6 +60,7 @@ async def build(engine: AsyncEngine, policy: Policy, view: View, today: dt.date,
     year = view.year
     current = AcademicYear.of(today)
     async with engine.connect() as conn:
+        version = await data_version(conn)
         if year == current:
             one = next(iter(view.schools)) if view.schools and len(view.schools) == 1 else None
             enrolments = await reports.enrolments_ytd(conn, one)
@@ -98,7 +100,15 @@ async def build(engine: AsyncEngine, policy: Policy, view: View, today: dt.date,
         groups={g: reports.grouped(enrolments, g) for g in GROUPINGS},
         weeks=weeks,
         build_seconds=time.perf_counter() - started,
+        version=version,
     )
+
+
+async def data_version(conn: Any) -> tuple[int, Any]:
+    """Changes whenever a pupil is recomputed (every mark, registry or calendar change does that)."""
+    a = t.assessments.c
+    row = (await conn.execute(select(func.count(), func.max(a.computed_at)))).one()
+    return int(row[0]), row[1]
 
 
 async def _has_register(conn: Any, year: AcademicYear) -> bool:
@@ -129,7 +139,8 @@ class FiguresCache:
     def _start(
         self, engine: AsyncEngine, policy: Policy, view: View, today: dt.date, now: dt.datetime
     ) -> asyncio.Task[Figures]:
-        task = asyncio.create_task(build(engine, policy, view, today, now))
+        held = self.snapshots.get(view)
+        task = asyncio.create_task(self._refresh(engine, policy, view, today, now, held[1] if held else None))
         self.building[view] = task
 
         def done(task: asyncio.Task[Figures]) -> None:
@@ -140,12 +151,32 @@ class FiguresCache:
                 log.error("figures_build_failed", error_type=type(exc).__name__)
                 return
             figures = task.result()
+            fresh = view not in self.snapshots or self.snapshots[view][1] is not figures
             self.snapshots[view] = (time.monotonic(), figures)
-            log.info("figures_built", schools=len(view.schools) if view.schools else "all",
-                     seconds=round(figures.build_seconds, 3))  # fmt: skip
+            if fresh:
+                seconds = round(figures.build_seconds, 3)
+                log.info(
+                    "figures_built", schools=len(view.schools) if view.schools else "all", seconds=seconds
+                )
 
         task.add_done_callback(done)
         return task
+
+    @staticmethod
+    async def _refresh(
+        engine: AsyncEngine,
+        policy: Policy,
+        view: View,
+        today: dt.date,
+        now: dt.datetime,
+        held: Figures | None,
+    ) -> Figures:
+        """A new snapshot, unless nothing was recomputed since ``held`` was built (then ``held``)."""
+        if held is not None and held.period[1] == today:
+            async with engine.connect() as conn:
+                if await data_version(conn) == held.version:
+                    return held
+        return await build(engine, policy, view, today, now)
 
 
 def cache_of(rt: Any) -> FiguresCache:
@@ -155,3 +186,16 @@ def cache_of(rt: Any) -> FiguresCache:
         cache = rt.state["figures"] = FiguresCache(getattr(rt.settings, "figures_max_age_seconds", 30.0))
     assert isinstance(cache, FiguresCache)
     return cache
+
+
+async def keep_fresh(rt: Any) -> None:
+    """A worker: keeps the LA-wide figures of the current year built, so no officer's page waits
+    for a whole-borough sum (``rt`` is the service Runtime)."""
+    cache = cache_of(rt)
+    while True:
+        view = View(AcademicYear.of(rt.today()), None, rt.policy.la_code)
+        try:
+            await cache.get(rt.engine, rt.policy, view, rt.today(), rt.now())
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.error("figures_refresh_failed", error_type=type(exc).__name__)
+        await asyncio.sleep(cache.max_age)

@@ -1,4 +1,4 @@
-"""End to end over real HTTP: ingest and rules under uvicorn, Kafka, and the demo loader as MIS.
+"""End to end over real HTTP: the services under uvicorn, Kafka, and the demo loader as MIS.
 
 A slice of the synthetic borough is pushed through the public API by ``python -m borough
 load``. Then: every mark in ingest's register is on ``rollcall.marks.v1`` (read with Debian's
@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,90 +24,11 @@ import orjson
 import pytest
 
 from borough.figures import compute
-from deploy.kafka import Broker
-from shared.kafka import ensure_topics
-from shared.migrate import upgrade
 from tests.conftest import bearer
+from tests.e2e.conftest import END, SCALE, SEED, START, Stack
 from tests.integration.ingest_fixtures import read_topic
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-SEED, SCALE, START, END = 11, 0.01, "2024-09-02", "2024-10-25"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Stack:
-    ingest: str
-    rules: str
-    ingest_db: Path
-    logs: list[Path]
-
-
-def start(service: str, db: Path, bootstrap: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    url = f"sqlite+aiosqlite:///{db}"
-    upgrade(service, url)
-    port = free_port()
-    env = dict(
-        os.environ,
-        ROLLCALL_ENV="dev",
-        ROLLCALL_SERVICE=service,
-        ROLLCALL_DATABASE_URL=url,
-        ROLLCALL_KAFKA_BOOTSTRAP=bootstrap,
-        ROLLCALL_CONSUMER_GROUP=f"e2e-{service}-{port}",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", f"services.{service}.app:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError(f"{service} did not become ready: {log.read_text()[-2000:]}")
-
-
-@pytest.fixture(scope="module")
-def e2e_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A broker of the e2e run's own: the stack consumes its topics from the beginning, so other
-    tests' events must not be there."""
-    broker = Broker(tmp_path_factory.mktemp("e2e-kafka"), free_port(), free_port(), heap="512m")
-    broker.start()
-    asyncio.run(ensure_topics(broker.bootstrap, partitions=3))
-    yield broker.bootstrap
-    broker.kill()
-
-
-@pytest.fixture(scope="module")
-def stack(e2e_kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    kafka_bootstrap = e2e_kafka
-    tmp = tmp_path_factory.mktemp("stack")
-    ingest, ingest_url = start("ingest", tmp / "ingest.db", kafka_bootstrap, tmp / "ingest.log")
-    rules, rules_url = start("rules", tmp / "rules.db", kafka_bootstrap, tmp / "rules.log")
-    try:
-        loader = subprocess.run(
-            [sys.executable, "-m", "borough", "load", "--ingest", ingest_url, "--seed", str(SEED),
-             "--scale", str(SCALE), "--from", START, "--to", END, "--no-progress"],
-            cwd=ROOT, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        assert loader.returncode == 0, loader.stdout[-2000:] + loader.stderr[-2000:]
-        yield Stack(ingest_url, rules_url, tmp / "ingest.db", [tmp / "ingest.log", tmp / "rules.log"])
-    finally:
-        for proc in (ingest, rules):
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def kcat(bootstrap: str, topic: str) -> list[dict[str, Any]]:

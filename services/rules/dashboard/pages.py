@@ -265,7 +265,8 @@ def add_routes(app: FastAPI) -> None:
         elif role == "social_worker":
             token = mint_token(settings.jwt_secret.get_secret_value(), who, read)
         else:
-            token = mint_token(settings.jwt_secret.get_secret_value(), who or "la-officer", read)
+            la = rt_of(request).policy.la_code
+            token = mint_token(settings.jwt_secret.get_secret_value(), who or "la-officer", read, la=la)
         return with_session(request, token, "/dashboard")
 
     @router.post("/sign-out")
