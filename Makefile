@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run down test test-fast lint bench clean
+.PHONY: install run down test test-fast lint bench report clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ lint: install
 
 bench: install  ## ingest throughput against real Kafka, SQLite and PostgreSQL
 	ROLLCALL_BENCH_POSTGRES_URL=$$(bash deploy/postgres.sh) $(PY) -m bench $(ARGS)
+
+report: install  ## the annual borough report (HTML + PDF) from a running stack, e.g. ARGS="--year 2024-25"
+	$(PY) -m services.rules.dashboard.report $(ARGS)
 
 clean:
 	rm -rf data

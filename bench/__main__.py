@@ -1,10 +1,10 @@
-"""``python -m bench [ingest|rules|notifications|all] [options]`` (``make bench`` runs ``all``)."""
+"""``python -m bench [ingest|rules|notifications|dashboard|all] [options]`` (``make bench`` runs ``all``)."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import ingest, notifications, rules
+from bench import dashboard, ingest, notifications, rules
 
 
 def main() -> None:
@@ -16,8 +16,10 @@ def main() -> None:
         rules.main(args if which == "rules" else [])
     if which in ("notifications", "all"):
         notifications.main(args if which == "notifications" else [])
-    if which not in ("ingest", "rules", "notifications", "all"):
-        raise SystemExit(f"unknown benchmark {which!r}: ingest, rules, notifications or all")
+    if which in ("dashboard", "all"):
+        dashboard.main(args if which == "dashboard" else [])
+    if which not in ("ingest", "rules", "notifications", "dashboard", "all"):
+        raise SystemExit(f"unknown benchmark {which!r}: ingest, rules, notifications, dashboard or all")
 
 
 if __name__ == "__main__":

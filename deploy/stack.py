@@ -204,6 +204,8 @@ def main() -> None:
             stack.wait_ready(name)
         if not args.no_demo:
             load_demo(args)
+        if "rules" in names:
+            print(f"dashboard: http://127.0.0.1:{PORTS['rules']}/dashboard (development sign-in)", flush=True)
         if args.detach:
             print("stack running; stop it with: python -m deploy.stack down", flush=True)
             return

@@ -45,8 +45,11 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # uvicorn's access log prints raw paths (which carry UPNs): ours replaces it.
+    # uvicorn's access log prints raw paths (which carry UPNs): ours replaces it. httpx logs every
+    # request's URL at INFO (the dashboard's calls to legal and notifications carry UPNs): warnings only.
     logging.getLogger("uvicorn.access").disabled = True
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class RequestMetrics:
