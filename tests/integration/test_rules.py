@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from services.rules import reports, worker
-from tests.conftest import bearer
+from tests.conftest import bearer, token
 from tests.integration.ingest_fixtures import pupil, read_topic, service_client, setup_school
 
 pytestmark = pytest.mark.integration
@@ -146,6 +146,30 @@ async def test_marks_flow_to_attendance_and_signals(
     assert school["pupils_by_band"]["severe"] == 1
     r = await rules.get(f"/v1/schools/{urn}/attendance", headers=bearer(READ, ["999999"]))
     assert r.status_code == 403
+
+    # The dashboard (same data, HTML): the school user's KPIs and pupil page; another school's
+    # user gets the same 404 page as for an unknown pupil.
+    def session(*args: Any) -> dict[str, str]:
+        return {"Cookie": f"rollcall_session={token(*args)}"}
+
+    page = await rules.get("/dashboard", headers=session(READ, [urn]))
+    assert page.status_code == 200, page.text
+    assert f">{13 / 38 * 100:.1f}%<" in page.text  # unauthorised absence: 12 + 1 of 38 sessions
+    assert page.text.count('<svg class="chart"') == 4
+    assert page.headers["server-timing"].startswith("app;dur=")
+    page = await rules.get(f"/dashboard/pupils/{regular['upn']}", headers=session(READ, [urn]))
+    assert page.text.count('class="session unauthorised"') == 12
+    other = await rules.get(f"/dashboard/pupils/{regular['upn']}", headers=session(READ, ["999999"]))
+    unknown = await rules.get("/dashboard/pupils/A999999999999", headers=session(READ, ["999999"]))
+    assert other.status_code == unknown.status_code == 404
+    r = await rules.get("/dashboard", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/dashboard/sign-in?next=%2Fdashboard")
+    period = {"schools": urn, "before_from": "2024-09-03", "before_to": "2024-09-06",
+              "after_from": "2024-09-09", "after_to": "2024-09-30"}  # fmt: skip
+    page = await rules.get("/dashboard/compare", params=period, headers=session(f"{READ} admin"))
+    assert page.status_code == 200, page.text
+    # Tue 3 – Fri 6 Sep: 16 sessions, of which 8 G (regular) + 1 N (CLA) are absences.
+    assert f"<td>{9 / 16 * 100:.1f}%</td>" in page.text
 
 
 async def test_amendment_ends_the_threshold_episode(
