@@ -294,31 +294,49 @@ async def _with_attrs(
     return out
 
 
-async def day_counts(
-    conn: AsyncConnection, start: dt.date, end: dt.date, schools: Iterable[str] | None = None
-) -> dict[tuple[str, dt.date], Counts]:
-    """Sessions per (school, day) between ``start`` and ``end`` from the register's daily sums."""
+async def _day_sums(
+    conn: AsyncConnection, key: Any, start: dt.date, end: dt.date, schools: Iterable[str] | None
+) -> dict[Any, Counts]:
+    """Sessions between ``start`` and ``end`` from the register's daily sums, summed in SQL by ``key``."""
     d = t.register_days.c
-    q = select(d.school_urn, d.date, d.code, d.category, d.sessions).where(
-        d.date >= start, d.date <= end, d.sessions != 0
+    q = (
+        select(
+            key.label("key"),
+            d.category,
+            func.sum(d.sessions).label("n"),
+            func.sum(case((d.code == "G", d.sessions), else_=0)).label("holiday"),
+            func.sum(case((d.code == "C2", d.sessions), else_=0)).label("part_time"),
+        )
+        .where(d.date >= start, d.date <= end)
+        .group_by(key, d.category)
     )
     if schools is not None:
         q = q.where(d.school_urn.in_(sorted(schools)))
-    out: dict[tuple[str, dt.date], Counts] = defaultdict(Counts)
+    out: dict[Any, Counts] = defaultdict(Counts)
     for row in await conn.execute(q):
-        c = out[(row.school_urn, row.date)]
-        c.add_category(row.category, row.sessions)
-        if row.code == "G":
-            c.holiday += row.sessions
-        elif row.code == "C2":
-            c.part_time += row.sessions
+        c = out[row.key]
+        c.add_category(row.category, int(row.n))
+        c.holiday += int(row.holiday)
+        c.part_time += int(row.part_time)
     return out
 
 
-def by_week(days: dict[tuple[str, dt.date], Counts]) -> list[dict[str, Any]]:
+async def day_counts(
+    conn: AsyncConnection, start: dt.date, end: dt.date, schools: Iterable[str] | None = None
+) -> dict[dt.date, Counts]:
+    """Sessions per day (of the given schools, or all)."""
+    return await _day_sums(conn, t.register_days.c.date, start, end, schools)
+
+
+async def school_counts(conn: AsyncConnection, start: dt.date, end: dt.date) -> dict[str, Counts]:
+    """Sessions per school over a period."""
+    return await _day_sums(conn, t.register_days.c.school_urn, start, end, None)
+
+
+def by_week(days: dict[dt.date, Counts]) -> list[dict[str, Any]]:
     """The trend by school week: sessions and rates per Monday–Sunday week."""
     weeks: dict[dt.date, Counts] = defaultdict(Counts)
-    for (_, day), c in days.items():
+    for day, c in days.items():
         weeks[week_start(day)].add(c)
     return [
         {"key": monday.isoformat(), "week_start": monday.isoformat(), **measures(weeks[monday])}

@@ -640,9 +640,8 @@ async def _compare_period(
 ) -> dict[str, Any]:
     """Session rates for the chosen schools and for the rest of the LA, and the chosen schools' PA/SA
     (per enrolment over the period)."""
-    days = await reports.day_counts(conn, start, end, None)
     group, rest = reports.Counts(), reports.Counts()
-    for (urn, _), c in days.items():
+    for urn, c in (await reports.school_counts(conn, start, end)).items():
         if urn in chosen:
             group.add(c)
         elif urn in known:
