@@ -89,7 +89,7 @@ def settings_of(request: Request) -> RulesSettings:
 
 
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    context = {"viewer": None, **context}
+    context = {"viewer": None, "zone": rt_of(request).policy.zone, **context}
     body = env.get_template(template).render(css=CSS, path=request.url.path, Role=Role, **context)
     return HTMLResponse(body, status_code=status)
 
@@ -102,8 +102,14 @@ def signed(value: float | None) -> str:
     return "–" if value is None else f"{value:+.1f}"
 
 
+def clock(iso: str | None, zone: Any) -> str:
+    """An API timestamp as the LA's local time of day (``HH:MM``)."""
+    return dt.datetime.fromisoformat(iso).astimezone(zone).strftime("%H:%M") if iso else ""
+
+
 env.filters["pct"] = pct
 env.filters["signed"] = signed
+env.filters["clock"] = clock
 
 
 BANDS = (
