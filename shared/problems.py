@@ -58,9 +58,40 @@ class Problem(Exception):
         return body
 
 
+# The documented shape of every problem body (RFC 9457 members plus this API's ``errors``); extra
+# members (``rule``, ``retry_after``...) are allowed.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "field", "code", "detail"],
+                "properties": {
+                    "index": {"type": ["integer", "null"]},
+                    "field": {"type": ["string", "null"]},
+                    "code": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
 def problem_responses(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for a router: each status answered as a problem, with its meaning."""
-    return {status: {"description": d, "content": {PROBLEM_JSON: {}}} for status, d in described.items()}
+    return {
+        status: {"description": d, "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}}
+        for status, d in described.items()
+    }
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> Response:
