@@ -123,8 +123,11 @@ def validation_errors(exc_errors: Any) -> list[dict[str, Any]]:
     """Pydantic's error list as the contract's ``{index, field, code, detail}`` entries."""
     out: list[dict[str, Any]] = []
     for err in exc_errors:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        index = next((int(p) for p in loc if p.isdigit()), None)
+        parts = [p for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        loc = [str(p) for p in parts]
+        # List positions are ints in pydantic's loc; a field *named* like a number ("1", "¹") is not
+        # an index (int("¹") raised here: schemathesis found it).
+        index = next((p for p in parts if isinstance(p, int)), None)
         out.append(
             {
                 "index": index,
