@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1024 * 1024
     rate_limit_enabled: bool = True
     rate_limit: str = "1000/second;20000/minute"  # per token subject
-    rate_limit_anonymous: str = "20/second;300/minute"  # per client address, without a valid token
+    rate_limit_anonymous: str = "50/second;1000/minute"  # per client address, without a valid token
     rate_limit_storage: str = "memory://"
     log_level: str = "INFO"
     log_json: bool = True
