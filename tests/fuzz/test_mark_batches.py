@@ -35,7 +35,12 @@ from tests.conftest import bearer
 from tests.fuzz.harness import LiveService
 from tests.integration.ingest_fixtures import NOW, TERMS_2024_25, pupil, setup_school
 
-pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.fuzz,
+    # schemathesis's strategies draw from `random` internally; hypothesis warns about it.
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
+]
 
 EXAMPLES = int(os.environ.get("ROLLCALL_MARK_BATCH_EXAMPLES", "60"))
 URN = "7370001"

@@ -27,7 +27,12 @@ from tests.conftest import token
 from tests.fuzz.harness import LiveService, Report, fuzz_service
 from tests.integration.ingest_fixtures import ADMIN, NOW, pupil, setup_school
 
-pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.fuzz,
+    # schemathesis's strategies draw from `random` internally; hypothesis warns about it.
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
+]
 
 URN = "7380001"
 ESTAB = 7380
