@@ -150,9 +150,9 @@ class Loader:
                         raise
                     response = None
             self.stats.requests += 1
-            if response is not None and (response.status_code != 503 or attempt == 5):
+            if response is not None and (response.status_code not in (429, 503) or attempt == 5):
                 break
-            await asyncio.sleep(0.5 * 2**attempt)
+            await asyncio.sleep(_retry_after(response, 0.5 * 2**attempt))
         if response is None:  # pragma: no cover - the loop either breaks with a response or raises
             raise LoadError(f"{method} {url} ({what})", 0, "no response")
         if not 200 <= response.status_code < 300:
@@ -342,3 +342,9 @@ async def load(
         finally:
             loader.stats.seconds = time.perf_counter() - began
     return loader.stats
+
+
+def _retry_after(response: httpx.Response | None, default: float) -> float:
+    """How long to wait before retrying: the server's ``Retry-After`` (a 429 or 503), else ``default``."""
+    value = response.headers.get("retry-after", "") if response is not None else ""
+    return float(value) if value.isdigit() else default

@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
@@ -99,7 +100,25 @@ def health_router(readiness: Callable[[Request], Awaitable[dict[str, str]]]) -> 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    readiness_doc: dict[str, Any] = {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+
+    @router.get(
+        "/readyz",
+        responses={
+            200: {"content": {"application/json": {"schema": readiness_doc}}},
+            503: {
+                "description": "A dependency is unreachable",
+                "content": {"application/json": {"schema": readiness_doc}},
+            },
+        },
+    )
     async def readyz(request: Request) -> Response:
         checks = await readiness(request)
         ok = all(v == "ok" for v in checks.values())
@@ -107,7 +126,16 @@ def health_router(readiness: Callable[[Request], Awaitable[dict[str, str]]]) -> 
             {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
         )
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -58,9 +58,40 @@ class Problem(Exception):
         return body
 
 
+# The documented shape of every problem body (RFC 9457 members plus this API's ``errors``); extra
+# members (``rule``, ``retry_after``...) are allowed.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "field", "code", "detail"],
+                "properties": {
+                    "index": {"type": ["integer", "null"]},
+                    "field": {"type": ["string", "null"]},
+                    "code": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
 def problem_responses(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for a router: each status answered as a problem, with its meaning."""
-    return {status: {"description": d, "content": {PROBLEM_JSON: {}}} for status, d in described.items()}
+    return {
+        status: {"description": d, "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}}
+        for status, d in described.items()
+    }
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> Response:
@@ -92,8 +123,11 @@ def validation_errors(exc_errors: Any) -> list[dict[str, Any]]:
     """Pydantic's error list as the contract's ``{index, field, code, detail}`` entries."""
     out: list[dict[str, Any]] = []
     for err in exc_errors:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        index = next((int(p) for p in loc if p.isdigit()), None)
+        parts = [p for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        loc = [str(p) for p in parts]
+        # List positions are ints in pydantic's loc; a field *named* like a number ("1", "¹") is not
+        # an index (int("¹") raised here: schemathesis found it).
+        index = next((p for p in parts if isinstance(p, int)), None)
         out.append(
             {
                 "index": index,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -18,12 +18,14 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import kafka
 from shared.auth import TokenVerifier
 from shared.db import create_engine, ping
+from shared.limits import RequestLimits, document_limits
 from shared.observability import configure_logging, health_router, install
 from shared.outbox import OutboxRelay
 from shared.policy import Policy, load_policy
@@ -109,8 +111,10 @@ def service_app(
     routers: list[Callable[[FastAPI], None]],
     version: str = "1.0.0",
     workers: Sequence[Callable[[Runtime], Coroutine[Any, Any, None]]] = (),
+    bulk_routes: Collection[str] = (),
 ) -> FastAPI:
-    """A FastAPI app with the shared lifespan, problem handlers, metrics and health routes."""
+    """A FastAPI app with the shared lifespan, problem handlers, request limits, metrics and health
+    routes. ``bulk_routes`` (route templates) may take bodies up to ``max_body_bytes``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -148,7 +152,8 @@ def service_app(
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     install_problem_handlers(app)
-    install(app, name)
+    app.add_middleware(RequestLimits, fastapi_app=app, settings=settings, bulk_routes=bulk_routes)
+    install(app, name)  # outermost: 429s and 413s are logged and counted too
 
     async def readiness(request: Request) -> dict[str, str]:
         runtime: Runtime = request.app.state.runtime
@@ -157,4 +162,15 @@ def service_app(
     app.include_router(health_router(readiness))
     for add in routers:
         add(app)
+
+    def openapi() -> dict[str, Any]:
+        if not app.openapi_schema:
+            app.openapi_schema = document_limits(
+                get_openapi(
+                    title=app.title, version=app.version, description=app.description, routes=app.routes
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

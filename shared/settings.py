@@ -11,7 +11,8 @@ from datetime import date
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import SecretStr, model_validator
+from limits import parse_many
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "rollcall-development-secret-not-for-production"  # noqa: S105 - the known-insecure default, refused in production
@@ -34,7 +35,14 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     relay_enabled: bool = True
     relay_batch: int = 10_000
+    # Request limits (shared/limits.py; README "Request limits"). Bulk routes (ingest's marks and
+    # rosters: 10,000 marks, 5,000 pupils) take max_body_bytes, every other route max_request_bytes.
     max_body_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    rate_limit_enabled: bool = True
+    rate_limit: str = "1000/second;20000/minute"  # per token subject
+    rate_limit_anonymous: str = "50/second;1000/minute"  # per client address, without a valid token
+    rate_limit_storage: str = "memory://"
     log_level: str = "INFO"
     log_json: bool = True
     # Pretend today is this date (demos of a past year, tests); the time of day stays real.
@@ -45,6 +53,12 @@ class Settings(BaseSettings):
     @property
     def group(self) -> str:
         return self.consumer_group or f"rollcall-{self.service}"
+
+    @field_validator("rate_limit", "rate_limit_anonymous")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        parse_many(value)  # a ValueError names the bad limit string
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secret_outside_dev(self) -> Settings:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from services.ingest import tables
 from services.ingest.api import add_routes
 from services.ingest.schemas import CalendarIn, CareIn, MarkIn, RosterIn, SchoolIn
 from shared.service import service_app
 from shared.settings import Settings
+
+# Up to 10,000 marks or 5,000 pupils a request: these take ROLLCALL_MAX_BODY_BYTES, the rest less.
+BULK_ROUTES = ("/v1/schools/{urn}/marks", "/v1/schools/{urn}/pupils")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -21,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Rollcall ingest",
         description="MIS systems push registers, rosters and calendars; social care pushes care status.",
         routers=[add_routes],
+        bulk_routes=BULK_ROUTES,
     )
     _document_raw_bodies(app)
     return app
@@ -29,12 +32,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _document_raw_bodies(app: FastAPI) -> None:
     """Endpoints read their bodies themselves (size limits, CSV); publish the schemas they accept."""
 
+    shared_openapi = app.openapi  # service_app's: the routes plus the request limits' problems
+
     def openapi() -> dict[str, object]:
-        if app.openapi_schema:
+        if app.openapi_schema and "SchoolIn" in app.openapi_schema.get("components", {}).get("schemas", {}):
             return app.openapi_schema
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
+        schema = shared_openapi()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in (SchoolIn, CalendarIn, RosterIn, CareIn, MarkIn):
             defs = model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -80,7 +80,8 @@ def parse_csv(body: bytes) -> list[Any]:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise Problem(400, "malformed-csv", "Body is not UTF-8 CSV", "the CSV must be UTF-8 encoded") from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a broken quote is a 400, not a "row" that silently swallows every later line.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration as exc:

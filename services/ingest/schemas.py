@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from shared.fields import strip, strip_not_blank
+
+# Lengths apply to the value as sent (as documented), then it is stripped (shared/fields.py).
 Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
 LaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
-Postcode = Annotated[str, StringConstraints(max_length=10, strip_whitespace=True)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(strip_not_blank)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(strip_not_blank)]
+Postcode = Annotated[str, StringConstraints(max_length=10), AfterValidator(strip)]
 
 
 class Body(BaseModel):
@@ -18,7 +22,7 @@ class Body(BaseModel):
 
 
 class SchoolIn(Body):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: LongText
     la_code: LaCode
     phase: Literal["primary", "secondary", "special", "alternative_provision"]
     type: Literal["maintained", "academy", "free", "independent", "non_maintained_special"]
@@ -45,7 +49,7 @@ class CalendarIn(Body):
 
 class ParentIn(Body):
     id: ShortText
-    name: Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)]
+    name: Annotated[str, StringConstraints(max_length=200), AfterValidator(strip)]
 
 
 class PupilIn(Body):

@@ -12,7 +12,6 @@ member names the rule (see ``workflow.Rule``); a date in the future is a 422.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 import orjson
@@ -35,6 +34,7 @@ from services.legal.schemas import (
     WithdrawalIn,
 )
 from shared.auth import Principal, Scope, forbidden, require
+from shared.fields import IsoDate
 from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 from shared.upn import InvalidUPN, validate_upn
@@ -401,8 +401,8 @@ def add_routes(app: FastAPI) -> None:
         case_id: str,
         request: Request,
         principal: Reader,
-        start: Annotated[dt.date | None, Query(alias="from")] = None,
-        end: Annotated[dt.date | None, Query(alias="to")] = None,
+        start: Annotated[IsoDate | None, Query(alias="from")] = None,
+        end: Annotated[IsoDate | None, Query(alias="to")] = None,
     ) -> Response:
         """The evidence pack: JSON, or with ``Accept: text/html`` a printable document."""
         if start and end and end < start:
@@ -420,8 +420,8 @@ def add_routes(app: FastAPI) -> None:
     async def figures(
         request: Request,
         principal: Reader,
-        start: Annotated[dt.date, Query(alias="from")],
-        end: Annotated[dt.date, Query(alias="to")],
+        start: Annotated[IsoDate, Query(alias="from")],
+        end: Annotated[IsoDate, Query(alias="to")],
     ) -> dict[str, Any]:
         """What the LA's strategy counts (SPEC §10) for the cases the caller may see, in a period:
         penalty notices issued (first and second, paid, withdrawn), and cases moved into each
@@ -458,7 +458,7 @@ def add_routes(app: FastAPI) -> None:
     async def list_deadlines(
         request: Request,
         principal: Reader,
-        before: Annotated[dt.date | None, Query(description="only deadlines due before this date")] = None,
+        before: Annotated[IsoDate | None, Query(description="only deadlines due before this date")] = None,
         kind: Annotated[wf.DeadlineKind | None, Query()] = None,
         case: Annotated[str | None, Query(max_length=36)] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE)] = PAGE,

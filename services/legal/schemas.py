@@ -6,15 +6,17 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from services.legal.workflow import RecordKind, State
+from shared.fields import strip, strip_not_blank
 
 Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
-Id = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
-Name = Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)]
-Officer = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=4000, strip_whitespace=True)]
+# Lengths apply to the value as sent (as documented), then it is stripped (shared/fields.py).
+Id = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(strip_not_blank)]
+Name = Annotated[str, StringConstraints(max_length=200), AfterValidator(strip)]
+Officer = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(strip_not_blank)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=4000), AfterValidator(strip_not_blank)]
 
 
 class Body(BaseModel):

@@ -59,6 +59,7 @@ PAGE = 500
 
 PROBLEMS = problem_responses(
     {
+        400: "Malformed body",
         401: "No or invalid token",
         403: "Not allowed",
         404: "Not found",

@@ -19,15 +19,16 @@ from services.rules import engine, recompute, reports
 from services.rules import tables as t
 from shared.auth import Principal, Scope, forbidden, require
 from shared.calendar import AcademicYear
+from shared.fields import IsoDate, IsoDateTime
 from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 
 Reader = Annotated[Principal, Depends(require(Scope.ATTENDANCE_READ))]
 UrnPath = Annotated[str, Path(pattern=r"^[0-9]{6,7}$")]
 UpnPath = Annotated[str, Path(min_length=13, max_length=13, pattern=r"^[A-Z0-9]{13}$")]
-From = Annotated[dt.date | None, Query(alias="from")]
-To = Annotated[dt.date | None, Query(alias="to")]
-Month = Annotated[str, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
+From = Annotated[IsoDate | None, Query(alias="from")]
+To = Annotated[IsoDate | None, Query(alias="to")]
+Month = Annotated[str, Query(pattern=r"^(19|20)[0-9]{2}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
 PAGE = 500
 
 PROBLEMS = problem_responses(
@@ -45,7 +46,15 @@ def rt_of(request: Request) -> Runtime:
     return rt
 
 
+EARLIEST, LATEST = dt.date(1900, 1, 1), dt.date(2099, 12, 31)  # academic-year arithmetic stays in range
+
+
 def check_period(start: dt.date | None, end: dt.date | None) -> None:
+    for name, day in (("from", start), ("to", end)):
+        if day is not None and not EARLIEST <= day <= LATEST:
+            detail = f"`{name}` must be between {EARLIEST} and {LATEST}"
+            error = {"index": None, "field": name, "code": "date_range", "detail": detail}
+            raise Problem(422, "validation", "Request is not valid", detail, errors=[error])
     if start and end and end < start:
         error = {"index": None, "field": "to", "code": "date_order", "detail": "to is before from"}
         raise Problem(422, "validation", "Request is not valid", "`to` is before `from`", errors=[error])
@@ -206,8 +215,8 @@ def add_routes(app: FastAPI) -> None:
         type: Annotated[str | None, Query(max_length=60)] = None,
         upn: Annotated[str | None, Query(max_length=13)] = None,
         school: Annotated[str | None, Query(pattern=r"^[0-9]{6,7}$")] = None,
-        since: Annotated[dt.datetime | None, Query()] = None,
-        cursor: Annotated[int | None, Query(ge=0)] = None,
+        since: Annotated[IsoDateTime | None, Query()] = None,
+        cursor: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,  # a BIGINT
         limit: Annotated[int, Query(ge=1, le=PAGE)] = 100,
     ) -> dict[str, Any]:  # fmt: skip
         """Signals, newest last; ``next_cursor`` pages forward (and polls for new ones)."""

@@ -355,3 +355,27 @@ async def test_loader_fails_loudly_on_an_error_response() -> None:
         await load("http://ingest.test", scale=0.01, progress=False, transport=httpx.MockTransport(refuse))
     assert caught.value.status == 422
     assert caught.value.problem["detail"] == "bad"
+
+
+async def test_loader_waits_out_a_rate_limit_and_goes_on() -> None:
+    """A 429 is retried after its Retry-After (the services' per-client rate limit, shared/limits.py)."""
+    fake = FakeIngest()
+    limited: list[str] = []
+
+    def every_fifth_limited(request: httpx.Request) -> httpx.Response:
+        if len(fake.calls) % 5 == 4 and len(limited) < len(fake.calls) // 5 + 1:
+            limited.append(request.url.path)
+            return httpx.Response(429, json={"status": 429}, headers={"Retry-After": "0"})
+        return fake(request)
+
+    await load(
+        "http://ingest.test",
+        scale=0.01,
+        start=date(2024, 9, 2),
+        end=date(2024, 9, 6),
+        batch=500,
+        progress=False,
+        transport=httpx.MockTransport(every_fifth_limited),
+    )
+    assert limited
+    assert fake.register  # the marks went in despite the refusals
