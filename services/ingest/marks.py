@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy import Row, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -29,8 +30,8 @@ from services.ingest.schemas import MarkIn, MarksResult, Rejection
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
 from shared.codes import CodeError, lookup
 from shared.csa import is_compulsory_school_age
-from shared.db import lock_school
-from shared.events import EventType, Topic, new_event
+from shared.db import asyncpg_connection, lock_school
+from shared.events import EventType, Topic, new_event_ids
 from shared.outbox import enqueue, outbox_records
 from shared.problems import Problem
 from shared.upn import InvalidUPN, validate_upn
@@ -164,20 +165,55 @@ def _reject(out: Outcome, index: int, raw: Any, detail: str) -> None:
     )
 
 
+_MARK_LIST: TypeAdapter[list[MarkIn]] = TypeAdapter(list[MarkIn])
+_NOT_A_ROW = "the CSV row does not have one value per header column"
+_NOT_AN_OBJECT = "a mark must be an object with upn, date, session and code"
+
+
+def _why(err: ErrorDetails, skip: int) -> str:
+    where = ".".join(str(p) for p in err["loc"][skip:]) or "mark"
+    return f"{where}: {err['msg']}"
+
+
 def _shape(raw: Any) -> MarkIn | str:
     """The mark, or why its shape is wrong (one sentence naming the field)."""
     if not isinstance(raw, dict):
-        return (
-            "the CSV row does not have one value per header column"
-            if isinstance(raw, tuple)
-            else "a mark must be an object with upn, date, session and code"
-        )
+        return _NOT_A_ROW if isinstance(raw, tuple) else _NOT_AN_OBJECT
     try:
         return MarkIn.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "mark"
-        return f"{where}: {err['msg']}"
+        return _why(exc.errors()[0], 0)
+
+
+def _shape_all(raw_marks: list[Any]) -> list[MarkIn | str]:
+    """``_shape`` of every mark, validated as one list (one call into pydantic-core, not 10,000).
+
+    If any mark is invalid the list is validated again without those marks; the first error of
+    each invalid mark (fields in declaration order) is its reason, exactly as ``_shape`` gives it.
+    """
+    shaped: list[MarkIn | str] = [
+        "" if isinstance(raw, dict) else (_NOT_A_ROW if isinstance(raw, tuple) else _NOT_AN_OBJECT)
+        for raw in raw_marks
+    ]
+    where = [i for i, raw in enumerate(raw_marks) if isinstance(raw, dict)]
+    try:
+        models = _MARK_LIST.validate_python([raw_marks[i] for i in where])
+    except ValidationError as exc:
+        bad: dict[int, str] = {}
+        for err in exc.errors():
+            position = err["loc"][0]
+            if isinstance(position, int) and position not in bad:
+                bad[position] = _why(err, 1)
+        for position, reason in bad.items():
+            shaped[where[position]] = reason
+        where = [i for position, i in enumerate(where) if position not in bad]
+        try:
+            models = _MARK_LIST.validate_python([raw_marks[i] for i in where])
+        except ValidationError:  # cannot happen (marks validate independently); be exact anyway
+            return [_shape(raw) for raw in raw_marks]
+    for i, model in zip(where, models, strict=True):
+        shaped[i] = model
+    return shaped
 
 
 def calendars_from_rows(rows: Iterable[Row[Any, Any, Any]]) -> Calendars:
@@ -201,6 +237,17 @@ def calendars_from_rows(rows: Iterable[Row[Any, Any, Any]]) -> Calendars:
 
 async def _load_enrolments(conn: AsyncConnection, urn: str, upns: Sequence[str]) -> dict[str, Enrolment]:
     found: dict[str, Enrolment] = {}
+    driver = await asyncpg_connection(conn)
+    if driver is not None:
+        for r in await driver.fetch(
+            "SELECT e.upn, e.admission_date, e.leaving_date, p.date_of_birth "
+            "FROM enrolments e JOIN pupils p ON p.upn = e.upn "
+            "WHERE e.school_urn = $1 AND e.upn = ANY($2::text[])",
+            urn,
+            list(upns),
+        ):
+            found[r[0]] = Enrolment(r[1], r[2], r[3])
+        return found
     for start in range(0, len(upns), _CHUNK):
         chunk = upns[start : start + _CHUNK]
         rows = await conn.execute(
@@ -218,11 +265,26 @@ async def _load_enrolments(conn: AsyncConnection, urn: str, upns: Sequence[str])
     return found
 
 
+Existing = dict[tuple[str, dt.date, str], tuple[str, int | None, dt.datetime | None, dt.datetime]]
+
+
 async def _load_existing(
     conn: AsyncConnection, urn: str, upns: Sequence[str], first: dt.date, last: dt.date
-) -> dict[tuple[str, dt.date, str], tuple[str, int | None, dt.datetime | None, dt.datetime]]:
+) -> Existing:
+    existing: Existing = {}
+    driver = await asyncpg_connection(conn)
+    if driver is not None:
+        for r in await driver.fetch(
+            "SELECT upn, date, session, code, minutes_late, recorded_at, received_at FROM marks "
+            "WHERE school_urn = $1 AND upn = ANY($2::text[]) AND date >= $3 AND date <= $4",
+            urn,
+            list(upns),
+            first,
+            last,
+        ):
+            existing[(r[0], r[1], r[2])] = (r[3], r[4], r[5], r[6])
+        return existing
     m = t.marks.c
-    existing: dict[tuple[str, dt.date, str], tuple[str, int | None, dt.datetime | None, dt.datetime]] = {}
     for start in range(0, len(upns), _CHUNK):
         chunk = upns[start : start + _CHUNK]
         rows = await conn.execute(
@@ -235,31 +297,112 @@ async def _load_existing(
     return existing
 
 
+_MARK_COLUMNS = ("school_urn", "upn", "date", "session", "code", "minutes_late", "recorded_at", "received_at")
+_HISTORY_COLUMNS = (*_MARK_COLUMNS, "replaced_at", "replaced_by")
+MarkRow = tuple[str, str, dt.date, str, str, int | None, dt.datetime | None, dt.datetime]
+HistoryRow = tuple[str, str, dt.date, str, str, int | None, dt.datetime | None, dt.datetime, dt.datetime, str]
+
+
+async def _write(
+    conn: AsyncConnection, inserts: list[MarkRow], updates: list[MarkRow], history: list[HistoryRow]
+) -> None:
+    """Store new marks, amended marks and the replaced codes.
+
+    PostgreSQL: one binary COPY for the new marks and one for the history, and a prepared
+    ``executemany`` for the amendments. The school's advisory lock is held and the current codes
+    were read under it, so the rows inserted are known to be new: no ``ON CONFLICT`` is needed.
+    """
+    driver = await asyncpg_connection(conn)
+    if driver is not None:
+        if inserts:
+            await driver.copy_records_to_table("marks", records=inserts, columns=_MARK_COLUMNS)
+        if updates:
+            await driver.executemany(
+                "UPDATE marks SET code = $5, minutes_late = $6, recorded_at = $7, received_at = $8 "
+                "WHERE school_urn = $1 AND upn = $2 AND date = $3 AND session = $4",
+                updates,
+            )
+        if history:
+            await driver.copy_records_to_table("mark_history", records=history, columns=_HISTORY_COLUMNS)
+        return
+    if inserts:
+        await conn.execute(insert(t.marks), [dict(zip(_MARK_COLUMNS, r, strict=True)) for r in inserts])
+    if updates:
+        m = t.marks.c
+        await conn.execute(
+            update(t.marks)
+            .where(
+                and_(
+                    m.school_urn == bindparam("k_urn"),
+                    m.upn == bindparam("k_upn"),
+                    m.date == bindparam("k_date"),
+                    m.session == bindparam("k_session"),
+                )
+            )
+            .values(
+                code=bindparam("v_code"),
+                minutes_late=bindparam("v_minutes_late"),
+                recorded_at=bindparam("v_recorded_at"),
+                received_at=bindparam("v_received_at"),
+            ),
+            [
+                {
+                    "k_urn": r[0],
+                    "k_upn": r[1],
+                    "k_date": r[2],
+                    "k_session": r[3],
+                    "v_code": r[4],
+                    "v_minutes_late": r[5],
+                    "v_recorded_at": r[6],
+                    "v_received_at": r[7],
+                }
+                for r in updates
+            ],
+        )
+    if history:
+        await conn.execute(
+            insert(t.mark_history), [dict(zip(_HISTORY_COLUMNS, r, strict=True)) for r in history]
+        )
+
+
 async def record_marks(
     conn: AsyncConnection, urn: str, raw_marks: list[Any], today: dt.date, now: dt.datetime
 ) -> MarksResult:
     """Validate and store a batch inside the caller's transaction; events go to the outbox."""
     out = Outcome()
     candidates: list[tuple[int, MarkIn, str, str]] = []  # index, mark, normalised upn, category
-    for index, raw in enumerate(raw_marks):
-        shaped = _shape(raw)
+    # A batch repeats each pupil (one mark per session) and each (code, date): check each once.
+    upn_memo: dict[str, str | InvalidUPN] = {}
+    code_memo: dict[tuple[str, dt.date], str | CodeError] = {}
+    for index, shaped in enumerate(_shape_all(raw_marks)):
         if isinstance(shaped, str):
-            _reject(out, index, raw, shaped)
+            _reject(out, index, raw_marks[index], shaped)
             continue
-        try:
-            upn = validate_upn(shaped.upn)
-        except InvalidUPN as exc:
-            _reject(out, index, raw, f"upn: {exc.detail}")
+        upn_or_error = upn_memo.get(shaped.upn)
+        if upn_or_error is None:
+            try:
+                upn_or_error = validate_upn(shaped.upn)
+            except InvalidUPN as exc:
+                upn_or_error = exc
+            upn_memo[shaped.upn] = upn_or_error
+        if isinstance(upn_or_error, InvalidUPN):
+            _reject(out, index, raw_marks[index], f"upn: {upn_or_error.detail}")
             continue
-        try:
-            code = lookup(shaped.code, shaped.date)
-        except CodeError as exc:
-            _reject(out, index, raw, f"code: {exc.detail}")
+        code_key = (shaped.code, shaped.date)
+        category = code_memo.get(code_key)
+        if category is None:
+            try:
+                category = lookup(shaped.code, shaped.date).category.value
+            except CodeError as exc:
+                category = exc
+            code_memo[code_key] = category
+        if isinstance(category, CodeError):
+            _reject(out, index, raw_marks[index], f"code: {category.detail}")
             continue
         if shaped.date > today:
-            _reject(out, index, raw, "date: a mark cannot be recorded for a date after today")
+            _reject(out, index, raw_marks[index], "date: a mark cannot be recorded for a date after today")
             continue
-        candidates.append((index, shaped, upn, code.category.value))
+        candidates.append((index, shaped, upn_or_error, category))
 
     await lock_school(conn, urn)
     calendar_rows = (
@@ -271,7 +414,7 @@ async def record_marks(
     ).all()
     calendars = calendars_from_rows(calendar_rows)
     upns = sorted({c[2] for c in candidates})
-    enrolled = await _load_enrolments(conn, urn, upns)
+    enrolled = await _load_enrolments(conn, urn, upns) if upns else {}
 
     valid: list[tuple[MarkIn, str, str]] = []
     for index, mark, upn, category in candidates:
@@ -296,99 +439,67 @@ async def record_marks(
     last = max(v[0].date for v in valid)
     existing = await _load_existing(conn, urn, sorted({v[1] for v in valid}), first, last)
 
-    inserts: dict[tuple[str, dt.date, str], dict[str, Any]] = {}
-    updates: dict[tuple[str, dt.date, str], dict[str, Any]] = {}
-    history: list[dict[str, Any]] = []
+    inserts: dict[tuple[str, dt.date, str], MarkRow] = {}
+    updates: dict[tuple[str, dt.date, str], MarkRow] = {}
+    history: list[HistoryRow] = []
     events: list[tuple[str, dict[str, Any]]] = []
+    ids = iter(new_event_ids(len(valid)))
+    sent_at = dt.datetime.now(dt.UTC).isoformat()
+    recorded, amended = EventType.MARK_RECORDED.value, EventType.MARK_AMENDED.value
     for mark, upn, category in valid:
-        key = (upn, mark.date, mark.session)
-        row = {
-            "school_urn": urn,
-            "upn": upn,
-            "date": mark.date,
-            "session": mark.session,
-            "code": mark.code,
-            "minutes_late": mark.minutes_late,
-            "recorded_at": mark.recorded_at,
-            "received_at": now,
-        }
+        day, session, code, late, recorded_at = (
+            mark.date,
+            mark.session,
+            mark.code,
+            mark.minutes_late,
+            mark.recorded_at,
+        )
+        key = (upn, day, session)
         before = existing.get(key)
-        if before is not None and before[0] == mark.code:
+        if before is not None and before[0] == code:
             out.unchanged += 1
             continue
+        row: MarkRow = (urn, upn, day, session, code, late, recorded_at, now)
         data: dict[str, Any] = {
             "school_urn": urn,
             "upn": upn,
-            "date": mark.date.isoformat(),
-            "session": mark.session,
-            "code": mark.code,
+            "date": day.isoformat(),
+            "session": session,
+            "code": code,
             "category": category,
-            "minutes_late": mark.minutes_late,
-            "recorded_at": mark.recorded_at.isoformat() if mark.recorded_at else None,
+            "minutes_late": late,
+            "recorded_at": recorded_at.isoformat() if recorded_at else None,
         }
         if before is None:
             out.accepted += 1
             inserts[key] = row
-            events.append((upn, new_event(EventType.MARK_RECORDED, SOURCE, data, subject=upn)))
+            kind = recorded
         else:
             out.amended += 1
-            history.append(
-                {
-                    "school_urn": urn,
-                    "upn": upn,
-                    "date": mark.date,
-                    "session": mark.session,
-                    "code": before[0],
-                    "minutes_late": before[1],
-                    "recorded_at": before[2],
-                    "received_at": before[3],
-                    "replaced_at": now,
-                    "replaced_by": mark.code,
-                }
-            )
+            history.append((urn, upn, day, session, before[0], before[1], before[2], before[3], now, code))
             data["previous_code"] = before[0]
-            events.append((upn, new_event(EventType.MARK_AMENDED, SOURCE, data, subject=upn)))
+            kind = amended
             if key in inserts:
                 inserts[key] = row  # amended within this batch: insert the final code once
             else:
                 updates[key] = row
-        existing[key] = (mark.code, mark.minutes_late, mark.recorded_at, now)
-
-    if inserts:
-        await conn.execute(insert(t.marks), list(inserts.values()))
-    if updates:
-        m = t.marks.c
-        await conn.execute(
-            update(t.marks)
-            .where(
-                and_(
-                    m.school_urn == bindparam("k_urn"),
-                    m.upn == bindparam("k_upn"),
-                    m.date == bindparam("k_date"),
-                    m.session == bindparam("k_session"),
-                )
-            )
-            .values(
-                code=bindparam("v_code"),
-                minutes_late=bindparam("v_minutes_late"),
-                recorded_at=bindparam("v_recorded_at"),
-                received_at=bindparam("v_received_at"),
-            ),
-            [
+        events.append(
+            (
+                upn,
                 {
-                    "k_urn": r["school_urn"],
-                    "k_upn": r["upn"],
-                    "k_date": r["date"],
-                    "k_session": r["session"],
-                    "v_code": r["code"],
-                    "v_minutes_late": r["minutes_late"],
-                    "v_recorded_at": r["recorded_at"],
-                    "v_received_at": r["received_at"],
-                }
-                for r in updates.values()
-            ],
+                    "specversion": "1.0",
+                    "id": next(ids),
+                    "source": SOURCE,
+                    "type": kind,
+                    "time": sent_at,
+                    "subject": upn,
+                    "datacontenttype": "application/json",
+                    "data": data,
+                },
+            )
         )
-    if history:
-        await conn.execute(insert(t.mark_history), history)
+        existing[key] = (code, late, recorded_at, now)
+
+    await _write(conn, list(inserts.values()), list(updates.values()), history)
     await enqueue(conn, t.outbox, outbox_records(Topic.MARKS, events))
     return out.result()
