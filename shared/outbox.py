@@ -24,7 +24,7 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import structlog
@@ -91,25 +91,37 @@ def outbox_records(topic: str, events: Iterable[tuple[str, dict[str, Any]]]) -> 
 
 async def enqueue(conn: AsyncConnection, table: Table, records: list[dict[str, Any]]) -> None:
     """Add rows to the outbox inside the caller's transaction (one COPY on PostgreSQL)."""
-    if not records:
-        return
-    driver = await asyncpg_connection(conn)
-    if driver is None:
-        await conn.execute(insert(table), records)
-        return
-    await driver.copy_records_to_table(
-        table.name, records=[tuple(r[c] for c in _COLUMNS) for r in records], columns=_COLUMNS
+    await _insert(conn, table, [tuple(r[c] for c in _COLUMNS) for r in records])
+
+
+async def enqueue_encoded(
+    conn: AsyncConnection, table: Table, topic: str, events: Sequence[tuple[str, str, str, bytes]]
+) -> None:
+    """``enqueue`` for events already encoded, as ``(event_id, key, event_type, json_value)``:
+    the bulk path (a 10,000-mark batch), which never builds a dict per event."""
+    traceparents = new_traceparents(len(events))
+    await _insert(
+        conn,
+        table,
+        [
+            (event_id, topic, key, event_type, traceparent, value)
+            for (event_id, key, event_type, value), traceparent in zip(events, traceparents, strict=True)
+        ],
     )
 
 
-class _Row(NamedTuple):
-    seq: int
-    event_id: str
-    topic: str
-    key: str
-    event_type: str
-    traceparent: str
-    value: bytes
+async def _insert(conn: AsyncConnection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    driver = await asyncpg_connection(conn)
+    if driver is None:
+        await conn.execute(insert(table), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
+    else:
+        await driver.copy_records_to_table(table.name, records=rows, columns=_COLUMNS)
+
+
+# Outbox rows as the relay reads them: (seq, event_id, topic, key, event_type, traceparent, value).
+_Row = Sequence[Any]
 
 
 class OutboxRelay:
@@ -163,7 +175,7 @@ class OutboxRelay:
                     after if after is not None else -1,
                     self._batch,
                 )
-                rows = [_Row(*r) for r in records]
+                rows: list[Any] = records  # asyncpg Records: indexable like the tuples below
             else:
                 query = select(
                     t.c.seq, t.c.event_id, t.c.topic, t.c.key, t.c.event_type, t.c.traceparent, t.c.value
@@ -171,7 +183,7 @@ class OutboxRelay:
                 if after is not None:
                     query = query.where(t.c.seq > after)
                 result = await conn.execute(query.order_by(t.c.seq).limit(self._batch))
-                rows = [_Row(*r) for r in result]
+                rows = [tuple(r) for r in result]
             await conn.rollback()
         return rows
 
@@ -182,7 +194,7 @@ class OutboxRelay:
         (sequences are allocated before commit), so a range could take an unsent row.
         """
         await asyncio.gather(*futures)
-        seqs = [row.seq for row in rows]
+        seqs = [row[0] for row in rows]
         t = self._table
         async with self._engine.begin() as conn:
             driver = await asyncpg_connection(conn)
@@ -191,7 +203,7 @@ class OutboxRelay:
             else:
                 for start in range(0, len(seqs), 5000):
                     await conn.execute(delete(t).where(t.c.seq.in_(seqs[start : start + 5000])))
-        for topic, n in Tally(row.topic for row in rows).items():
+        for topic, n in Tally(row[2] for row in rows).items():
             PUBLISHED.labels(topic).inc(n)
 
     async def _partition(self, topic: str, key: str, key_bytes: bytes) -> int:
@@ -215,22 +227,24 @@ class OutboxRelay:
         """
         futures: list[asyncio.Future[Any]] = []
         open_batches: dict[tuple[str, int], Any] = {}
-        for row in rows:
-            key = row.key.encode()
-            partition = await self._partition(row.topic, row.key, key)
+        for _seq, event_id, topic, key_text, event_type, traceparent, value in rows:
+            key = key_text.encode()
+            partition = self._partition_of.get((topic, key_text))
+            if partition is None:
+                partition = await self._partition(topic, key_text, key)
             headers = [
-                ("ce_id", row.event_id.encode()),
-                ("ce_type", row.event_type.encode()),
-                ("traceparent", row.traceparent.encode()),
+                ("ce_id", event_id.encode()),
+                ("ce_type", event_type.encode()),
+                ("traceparent", traceparent.encode()),
             ]
-            slot = (row.topic, partition)
+            slot = (topic, partition)
             batch = open_batches.get(slot)
             if batch is None:
                 batch = open_batches[slot] = self._producer.create_batch()
-            if batch.append(key=key, value=row.value, timestamp=None, headers=headers) is None:
-                futures.append(await self._producer.send_batch(batch, row.topic, partition=partition))
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(await self._producer.send_batch(batch, topic, partition=partition))
                 batch = open_batches[slot] = self._producer.create_batch()
-                if batch.append(key=key, value=row.value, timestamp=None, headers=headers) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError("an outbox event is larger than the producer's batch size")
         for (topic, partition), batch in open_batches.items():
             futures.append(await self._producer.send_batch(batch, topic, partition=partition))
@@ -254,7 +268,7 @@ class OutboxRelay:
                 if rows:
                     task = asyncio.ensure_future(self._settle(await self._send(rows), rows))
                     inflight.append((task, len(rows)))
-                    cursor = rows[-1].seq
+                    cursor = rows[-1][0]
                 while inflight and (len(inflight) >= self._depth or inflight[0][0].done()):
                     task, n = inflight.popleft()
                     await task

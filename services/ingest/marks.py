@@ -32,7 +32,7 @@ from shared.codes import CodeError, lookup
 from shared.csa import is_compulsory_school_age
 from shared.db import asyncpg_connection, lock_school
 from shared.events import EventType, Topic, new_event_ids
-from shared.outbox import enqueue, outbox_records
+from shared.outbox import enqueue_encoded
 from shared.problems import Problem
 from shared.upn import InvalidUPN, validate_upn
 
@@ -365,6 +365,59 @@ async def _write(
         )
 
 
+_RECORDED = EventType.MARK_RECORDED.value
+_AMENDED = EventType.MARK_AMENDED.value
+_EVENT = (
+    b'{"specversion":"1.0","id":"%b","source":%b,"type":%b,"time":%b,"subject":%b,'
+    b'"datacontenttype":"application/json","data":{"school_urn":%b,"upn":%b,"date":"%b",'
+    b'"session":%b,"code":%b,"category":%b,"minutes_late":%b,"recorded_at":%b%b}}'
+)
+
+
+class _Encoded:
+    """``mark.recorded`` / ``mark.amended`` CloudEvents as JSON bytes, straight from a template.
+
+    The same bytes as ``orjson.dumps`` of the envelope dict (``shared.events.new_event``) with
+    ``MarkData`` as its ``data`` (a unit test compares them), without building two dicts per
+    mark. Every string is JSON-encoded by orjson, once per distinct value in the batch.
+    """
+
+    def __init__(self, urn: str, time: str) -> None:
+        self._json: dict[Any, bytes] = {}
+        self._fixed = (orjson.dumps(SOURCE), orjson.dumps(time), orjson.dumps(urn))
+
+    def _j(self, value: Any) -> bytes:
+        found = self._json.get(value)
+        if found is None:
+            found = self._json[value] = orjson.dumps(value)
+        return found
+
+    def event(
+        self, event_id: str, kind: str, upn: str, mark: MarkIn, category: str, previous: str | None
+    ) -> bytes:
+        source, time, urn = self._fixed
+        j = self._j
+        upn_json = j(upn)
+        late = mark.minutes_late
+        recorded_at = mark.recorded_at
+        return _EVENT % (
+            event_id.encode(),
+            source,
+            j(kind),
+            time,
+            upn_json,
+            urn,
+            upn_json,
+            mark.date.isoformat().encode(),
+            j(mark.session),
+            j(mark.code),
+            j(category),
+            b"null" if late is None else b"%d" % late,
+            b"null" if recorded_at is None else orjson.dumps(recorded_at.isoformat()),
+            b"" if previous is None else b',"previous_code":' + j(previous),
+        )
+
+
 async def record_marks(
     conn: AsyncConnection, urn: str, raw_marks: list[Any], today: dt.date, now: dt.datetime
 ) -> MarksResult:
@@ -442,10 +495,9 @@ async def record_marks(
     inserts: dict[tuple[str, dt.date, str], MarkRow] = {}
     updates: dict[tuple[str, dt.date, str], MarkRow] = {}
     history: list[HistoryRow] = []
-    events: list[tuple[str, dict[str, Any]]] = []
+    events: list[tuple[str, str, str, bytes]] = []  # event id, key, type, CloudEvent JSON
     ids = iter(new_event_ids(len(valid)))
-    sent_at = dt.datetime.now(dt.UTC).isoformat()
-    recorded, amended = EventType.MARK_RECORDED.value, EventType.MARK_AMENDED.value
+    encoded = _Encoded(urn, dt.datetime.now(dt.UTC).isoformat())
     for mark, upn, category in valid:
         day, session, code, late, recorded_at = (
             mark.date,
@@ -460,46 +512,24 @@ async def record_marks(
             out.unchanged += 1
             continue
         row: MarkRow = (urn, upn, day, session, code, late, recorded_at, now)
-        data: dict[str, Any] = {
-            "school_urn": urn,
-            "upn": upn,
-            "date": day.isoformat(),
-            "session": session,
-            "code": code,
-            "category": category,
-            "minutes_late": late,
-            "recorded_at": recorded_at.isoformat() if recorded_at else None,
-        }
         if before is None:
             out.accepted += 1
             inserts[key] = row
-            kind = recorded
+            kind = _RECORDED
+            previous = None
         else:
             out.amended += 1
             history.append((urn, upn, day, session, before[0], before[1], before[2], before[3], now, code))
-            data["previous_code"] = before[0]
-            kind = amended
+            kind = _AMENDED
+            previous = before[0]
             if key in inserts:
                 inserts[key] = row  # amended within this batch: insert the final code once
             else:
                 updates[key] = row
-        events.append(
-            (
-                upn,
-                {
-                    "specversion": "1.0",
-                    "id": next(ids),
-                    "source": SOURCE,
-                    "type": kind,
-                    "time": sent_at,
-                    "subject": upn,
-                    "datacontenttype": "application/json",
-                    "data": data,
-                },
-            )
-        )
+        event_id = next(ids)
+        events.append((event_id, upn, kind, encoded.event(event_id, kind, upn, mark, category, previous)))
         existing[key] = (code, late, recorded_at, now)
 
     await _write(conn, list(inserts.values()), list(updates.values()), history)
-    await enqueue(conn, t.outbox, outbox_records(Topic.MARKS, events))
+    await enqueue_encoded(conn, t.outbox, Topic.MARKS, events)
     return out.result()
