@@ -235,6 +235,21 @@ def calendars_from_rows(rows: Iterable[Row[Any, Any, Any]]) -> Calendars:
     return Calendars(built)
 
 
+_CALENDARS: dict[tuple[Any, ...], Calendars] = {}
+
+
+def calendars_cached(rows: Sequence[Row[Any, Any, Any]]) -> Calendars:
+    """``calendars_from_rows``, remembered by the rows' content: a school's calendar changes a
+    few times a year but every marks request needs it (building it is most of a one-mark POST)."""
+    key = tuple((r.year, orjson.dumps(r.terms), orjson.dumps(r.closed)) for r in rows)
+    found = _CALENDARS.get(key)
+    if found is None:
+        if len(_CALENDARS) >= 4096:
+            _CALENDARS.clear()
+        found = _CALENDARS[key] = calendars_from_rows(rows)
+    return found
+
+
 async def _load_enrolments(conn: AsyncConnection, urn: str, upns: Sequence[str]) -> dict[str, Enrolment]:
     found: dict[str, Enrolment] = {}
     driver = await asyncpg_connection(conn)
@@ -422,14 +437,38 @@ async def record_marks(
     conn: AsyncConnection, urn: str, raw_marks: list[Any], today: dt.date, now: dt.datetime
 ) -> MarksResult:
     """Validate and store a batch inside the caller's transaction; events go to the outbox."""
-    out = Outcome()
+    return (await record_batches(conn, urn, [raw_marks], today, now))[0]
+
+
+async def record_batches(
+    conn: AsyncConnection, urn: str, batches: list[list[Any]], today: dt.date, now: dt.datetime
+) -> list[MarksResult]:
+    """``record_marks`` for several batches of one school, in order, with one set of queries.
+
+    The result is what sending them one after another would give: a later batch's mark for the
+    same session amends an earlier one's. Each result's rejection indexes are its own batch's.
+    """
+    raw_marks = [raw for batch in batches for raw in batch]
+    outs = [Outcome() for _ in batches]
+    owner: list[int] = []  # the batch of each mark
+    offset: list[int] = []  # that batch's first index
+    start = 0
+    for number, batch in enumerate(batches):
+        owner.extend([number] * len(batch))
+        offset.append(start)
+        start += len(batch)
+
+    def reject(index: int, raw: Any, detail: str) -> None:
+        number = owner[index]
+        _reject(outs[number], index - offset[number], raw, detail)
+
     candidates: list[tuple[int, MarkIn, str, str]] = []  # index, mark, normalised upn, category
     # A batch repeats each pupil (one mark per session) and each (code, date): check each once.
     upn_memo: dict[str, str | InvalidUPN] = {}
     code_memo: dict[tuple[str, dt.date], str | CodeError] = {}
     for index, shaped in enumerate(_shape_all(raw_marks)):
         if isinstance(shaped, str):
-            _reject(out, index, raw_marks[index], shaped)
+            reject(index, raw_marks[index], shaped)
             continue
         upn_or_error = upn_memo.get(shaped.upn)
         if upn_or_error is None:
@@ -439,7 +478,7 @@ async def record_marks(
                 upn_or_error = exc
             upn_memo[shaped.upn] = upn_or_error
         if isinstance(upn_or_error, InvalidUPN):
-            _reject(out, index, raw_marks[index], f"upn: {upn_or_error.detail}")
+            reject(index, raw_marks[index], f"upn: {upn_or_error.detail}")
             continue
         code_key = (shaped.code, shaped.date)
         category = code_memo.get(code_key)
@@ -450,10 +489,10 @@ async def record_marks(
                 category = exc
             code_memo[code_key] = category
         if isinstance(category, CodeError):
-            _reject(out, index, raw_marks[index], f"code: {category.detail}")
+            reject(index, raw_marks[index], f"code: {category.detail}")
             continue
         if shaped.date > today:
-            _reject(out, index, raw_marks[index], "date: a mark cannot be recorded for a date after today")
+            reject(index, raw_marks[index], "date: a mark cannot be recorded for a date after today")
             continue
         candidates.append((index, shaped, upn_or_error, category))
 
@@ -465,32 +504,30 @@ async def record_marks(
             )
         )
     ).all()
-    calendars = calendars_from_rows(calendar_rows)
+    calendars = calendars_cached(calendar_rows)
     upns = sorted({c[2] for c in candidates})
     enrolled = await _load_enrolments(conn, urn, upns) if upns else {}
 
-    valid: list[tuple[MarkIn, str, str]] = []
+    valid: list[tuple[int, MarkIn, str, str]] = []
     for index, mark, upn, category in candidates:
         raw = raw_marks[index]
         if not calendars.is_school_session(mark.date, mark.session):
-            _reject(
-                out, index, raw, f"date: {mark.date} {mark.session} is not a school session of this school"
-            )
+            reject(index, raw, f"date: {mark.date} {mark.session} is not a school session of this school")
             continue
         enrolment = enrolled.get(upn)
         if enrolment is None or not enrolment.on_roll(mark.date):
-            _reject(out, index, raw, "upn: the pupil is not on this school's roll on that date")
+            reject(index, raw, "upn: the pupil is not on this school's roll on that date")
             continue
         if mark.code == "X" and is_compulsory_school_age(enrolment.date_of_birth, mark.date):
-            _reject(out, index, raw, "code: X is only for pupils outside compulsory school age")
+            reject(index, raw, "code: X is only for pupils outside compulsory school age")
             continue
-        valid.append((mark, upn, category))
+        valid.append((index, mark, upn, category))
 
     if not valid:
-        return out.result()
-    first = min(v[0].date for v in valid)
-    last = max(v[0].date for v in valid)
-    existing = await _load_existing(conn, urn, sorted({v[1] for v in valid}), first, last)
+        return [out.result() for out in outs]
+    first = min(v[1].date for v in valid)
+    last = max(v[1].date for v in valid)
+    existing = await _load_existing(conn, urn, sorted({v[2] for v in valid}), first, last)
 
     inserts: dict[tuple[str, dt.date, str], MarkRow] = {}
     updates: dict[tuple[str, dt.date, str], MarkRow] = {}
@@ -498,7 +535,8 @@ async def record_marks(
     events: list[tuple[str, str, str, bytes]] = []  # event id, key, type, CloudEvent JSON
     ids = iter(new_event_ids(len(valid)))
     encoded = _Encoded(urn, dt.datetime.now(dt.UTC).isoformat())
-    for mark, upn, category in valid:
+    for index, mark, upn, category in valid:
+        out = outs[owner[index]]
         day, session, code, late, recorded_at = (
             mark.date,
             mark.session,
@@ -532,4 +570,4 @@ async def record_marks(
 
     await _write(conn, list(inserts.values()), list(updates.values()), history)
     await enqueue_encoded(conn, t.outbox, Topic.MARKS, events)
-    return out.result()
+    return [out.result() for out in outs]
