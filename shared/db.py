@@ -94,6 +94,20 @@ async def lock_school(conn: AsyncConnection, urn: str) -> None:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"school:{urn}")})
 
 
+async def lock_schools(conn: AsyncConnection, urns: list[str]) -> None:
+    """``lock_school`` for several schools in one statement, in one fixed (key) order, so two
+    transactions locking overlapping sets can never wait on each other in a cycle."""
+    if conn.dialect.name == "postgresql" and urns:
+        keys = sorted({_lock_key(f"school:{urn}") for urn in urns})
+        if len(keys) == 1:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": keys[0]})
+        else:
+            await conn.execute(
+                text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+                {"keys": keys},
+            )
+
+
 async def upsert(conn: AsyncConnection, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """Insert ``rows`` or, where the key exists, overwrite the other columns (SQLite and PostgreSQL)."""
     if not rows:

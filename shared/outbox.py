@@ -136,6 +136,7 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         depth: int = 4,
         rescan_seconds: float = 1.0,
+        max_backlog: int = 0,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -150,10 +151,32 @@ class OutboxRelay:
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, str], int] = {}
         self._stopping = False
+        self._max_backlog = max_backlog
+        self._pending = 0  # events this process committed and has not yet seen published
+        self._published = asyncio.Event()
         self.healthy = False
 
-    def wake(self) -> None:
+    def wake(self, events: int = 0) -> None:
+        """Call after committing outbox rows (``events`` of them, if known: see ``room``)."""
+        self._pending += events
         self._wake.set()
+
+    async def room(self, wait_seconds: float = 5.0) -> None:
+        """Backpressure: while more than ``max_backlog`` events this process committed are still
+        unpublished, wait (up to ``wait_seconds``) for the relay to catch up.
+
+        Ingest and its relay share one process (one core under the GIL): without this the API
+        takes batches faster than the relay publishes them and the backlog grows without bound.
+        Never waits when the relay is not publishing (Kafka down, relay disabled): durable first.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while self._max_backlog and self._pending > self._max_backlog and self.healthy and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._published.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._published.wait(), timeout=left)
 
     async def publish_once(self) -> int:
         """Publish one batch of pending rows in commit order; returns how many were published."""
@@ -205,6 +228,8 @@ class OutboxRelay:
                     await conn.execute(delete(t).where(t.c.seq.in_(seqs[start : start + 5000])))
         for topic, n in Tally(row[2] for row in rows).items():
             PUBLISHED.labels(topic).inc(n)
+        self._pending = max(0, self._pending - len(rows))
+        self._published.set()
 
     async def _partition(self, topic: str, key: str, key_bytes: bytes) -> int:
         slot = (topic, key)
@@ -301,6 +326,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: keep the rows, retry later
                 self.healthy = False
+                self._published.set()  # release anyone waiting for room: the relay is not publishing
                 log.warning("outbox_relay_retry", error_type=type(exc).__name__)
                 await asyncio.sleep(self._poll)
             with contextlib.suppress(TimeoutError):

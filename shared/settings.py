@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     relay_enabled: bool = True
     relay_batch: int = 10_000
+    # Backpressure: a marks request waits (up to 5 s) while more events than this are unpublished.
+    relay_max_backlog: int = 50_000
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = True

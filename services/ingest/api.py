@@ -223,6 +223,7 @@ def add_routes(app: FastAPI) -> None:
         refuse_other_school(principal, urn)
         body = await read_body(request, rt.settings.max_body_bytes)
         raw = marks.parse_json(body) if kind == "application/json" else marks.parse_csv(body)
+        await rt.relay.room()  # backpressure: the outbox backlog stays bounded
         if len(raw) <= SMALL_BATCH:  # many small requests share one transaction (group commit)
             result = await committer(rt).submit(principal, urn, raw)
         else:
@@ -230,7 +231,7 @@ def add_routes(app: FastAPI) -> None:
                 await authorised_school(conn, principal, urn)
                 result = await marks.record_marks(conn, urn, raw, rt.today(), rt.now())
         if result.accepted or result.amended:
-            rt.relay.wake()
+            rt.relay.wake(result.accepted + result.amended)
         for outcome, n in (
             ("accepted", result.accepted),
             ("amended", result.amended),

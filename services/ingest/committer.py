@@ -5,9 +5,10 @@ transaction — a pooled connection's ping, BEGIN, the school look-up, the schoo
 calendar, enrolment and register reads, two COPYs and a durable COMMIT — for one row, and the
 school lock serialises a school's requests behind each other's round trips. Instead, requests of
 up to ``SMALL_BATCH`` marks queue here; a worker takes everything queued (up to ``GROUP_MARKS``
-marks) and records it in one transaction: each school's requests through
-``marks.record_batches`` in arrival order (so the results are those of sending them one after
-another), each school locked once, in URN order (no deadlock with another group or process).
+marks) and records it in one transaction: all of them through ``marks.record_batches``, in
+arrival order (so the results are those of sending them one after another), with one query per
+kind for all their schools, each school locked once, in one fixed order (no deadlock with
+another group or process).
 Every request is answered only after the COMMIT, so a 200 still means durable with its events.
 
 A request that fails inside a group (a database error) must not fail the others: the group is
@@ -18,7 +19,6 @@ does not exist (404) or that the token may not act for (403) is answered as on t
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,6 @@ from services.ingest import marks
 from services.ingest import tables as t
 from services.ingest.schemas import MarksResult
 from shared.auth import Principal, forbidden
-from shared.db import lock_school
 from shared.problems import Problem
 from shared.service import Runtime
 
@@ -107,7 +106,6 @@ class MarksCommitter:
     async def _in_one_transaction(self, group: list[_Request]) -> list[MarksResult | Exception]:
         rt = self._rt
         answers: dict[int, MarksResult | Exception] = {}
-        by_school: dict[str, list[int]] = defaultdict(list)
         async with rt.engine.begin() as conn:
             urns = sorted({r.urn for r in group})
             rows = await conn.execute(
@@ -120,14 +118,11 @@ class MarksCommitter:
                     answers[number] = Problem(404, "not-found", "Not found", "no school with this URN")
                 elif not request.principal.may_act_for_school(request.urn, la):
                     answers[number] = forbidden("the token may not act for this school")
-                else:
-                    by_school[request.urn].append(number)
-            today, now = rt.today(), rt.now()
-            for urn in sorted(by_school):
-                await lock_school(conn, urn)
-            for urn in sorted(by_school):
-                numbers = by_school[urn]
-                results = await marks.record_batches(conn, urn, [group[n].raw for n in numbers], today, now)
+            numbers = [n for n in range(len(group)) if n not in answers]
+            if numbers:
+                results = await marks.record_batches(
+                    conn, [(group[n].urn, group[n].raw) for n in numbers], rt.today(), rt.now()
+                )
                 answers.update(zip(numbers, results, strict=True))
         return [answers[n] for n in range(len(group))]
 

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
-from sqlalchemy import Row, and_, bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import tables as t
@@ -30,7 +30,7 @@ from services.ingest.schemas import MarkIn, MarksResult, Rejection
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
 from shared.codes import CodeError, lookup
 from shared.csa import is_compulsory_school_age
-from shared.db import asyncpg_connection, lock_school
+from shared.db import asyncpg_connection, lock_schools
 from shared.events import EventType, Topic, new_event_ids
 from shared.outbox import enqueue_encoded
 from shared.problems import Problem
@@ -216,7 +216,7 @@ def _shape_all(raw_marks: list[Any]) -> list[MarkIn | str]:
     return shaped
 
 
-def calendars_from_rows(rows: Iterable[Row[Any, Any, Any]]) -> Calendars:
+def calendars_from_rows(rows: Iterable[Any]) -> Calendars:
     built = []
     for row in rows:
         built.append(
@@ -238,7 +238,7 @@ def calendars_from_rows(rows: Iterable[Row[Any, Any, Any]]) -> Calendars:
 _CALENDARS: dict[tuple[Any, ...], Calendars] = {}
 
 
-def calendars_cached(rows: Sequence[Row[Any, Any, Any]]) -> Calendars:
+def calendars_cached(rows: Sequence[Any]) -> Calendars:
     """``calendars_from_rows``, remembered by the rows' content: a school's calendar changes a
     few times a year but every marks request needs it (building it is most of a one-mark POST)."""
     key = tuple((r.year, orjson.dumps(r.terms), orjson.dumps(r.closed)) for r in rows)
@@ -250,65 +250,84 @@ def calendars_cached(rows: Sequence[Row[Any, Any, Any]]) -> Calendars:
     return found
 
 
-async def _load_enrolments(conn: AsyncConnection, urn: str, upns: Sequence[str]) -> dict[str, Enrolment]:
-    found: dict[str, Enrolment] = {}
+async def _load_enrolments(
+    conn: AsyncConnection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], Enrolment]:
+    """Enrolment and date of birth of each (school, pupil) in ``keys`` that is on the roll."""
+    found: dict[tuple[str, str], Enrolment] = {}
+    if not keys:
+        return found
+    urns = sorted({k[0] for k in keys})
     driver = await asyncpg_connection(conn)
     if driver is not None:
         for r in await driver.fetch(
-            "SELECT e.upn, e.admission_date, e.leaving_date, p.date_of_birth "
+            "SELECT e.school_urn, e.upn, e.admission_date, e.leaving_date, p.date_of_birth "
             "FROM enrolments e JOIN pupils p ON p.upn = e.upn "
-            "WHERE e.school_urn = $1 AND e.upn = ANY($2::text[])",
-            urn,
-            list(upns),
+            "WHERE e.school_urn = ANY($1::text[]) AND e.upn = ANY($2::text[])",
+            urns,
+            sorted({k[1] for k in keys}),
         ):
-            found[r[0]] = Enrolment(r[1], r[2], r[3])
+            found[(r[0], r[1])] = Enrolment(r[2], r[3], r[4])
         return found
-    for start in range(0, len(upns), _CHUNK):
-        chunk = upns[start : start + _CHUNK]
-        rows = await conn.execute(
-            select(
-                t.enrolments.c.upn,
-                t.enrolments.c.admission_date,
-                t.enrolments.c.leaving_date,
-                t.pupils.c.date_of_birth,
+    for urn in urns:
+        upns = sorted(k[1] for k in keys if k[0] == urn)
+        for start in range(0, len(upns), _CHUNK):
+            chunk = upns[start : start + _CHUNK]
+            rows = await conn.execute(
+                select(
+                    t.enrolments.c.upn,
+                    t.enrolments.c.admission_date,
+                    t.enrolments.c.leaving_date,
+                    t.pupils.c.date_of_birth,
+                )
+                .join(t.pupils, t.pupils.c.upn == t.enrolments.c.upn)
+                .where(t.enrolments.c.school_urn == urn, t.enrolments.c.upn.in_(chunk))
             )
-            .join(t.pupils, t.pupils.c.upn == t.enrolments.c.upn)
-            .where(t.enrolments.c.school_urn == urn, t.enrolments.c.upn.in_(chunk))
-        )
-        for r in rows:
-            found[r.upn] = Enrolment(r.admission_date, r.leaving_date, r.date_of_birth)
+            for r in rows:
+                found[(urn, r.upn)] = Enrolment(r.admission_date, r.leaving_date, r.date_of_birth)
     return found
 
 
-Existing = dict[tuple[str, dt.date, str], tuple[str, int | None, dt.datetime | None, dt.datetime]]
+MarkKey = tuple[str, str, dt.date, str]  # school, pupil, date, session
+Existing = dict[MarkKey, tuple[str, int | None, dt.datetime | None, dt.datetime]]
 
 
 async def _load_existing(
-    conn: AsyncConnection, urn: str, upns: Sequence[str], first: dt.date, last: dt.date
+    conn: AsyncConnection, keys: set[tuple[str, str]], first: dt.date, last: dt.date
 ) -> Existing:
+    """The register's current marks of the (school, pupil) ``keys`` between two dates."""
     existing: Existing = {}
+    urns = sorted({k[0] for k in keys})
     driver = await asyncpg_connection(conn)
     if driver is not None:
         for r in await driver.fetch(
-            "SELECT upn, date, session, code, minutes_late, recorded_at, received_at FROM marks "
-            "WHERE school_urn = $1 AND upn = ANY($2::text[]) AND date >= $3 AND date <= $4",
-            urn,
-            list(upns),
+            "SELECT school_urn, upn, date, session, code, minutes_late, recorded_at, received_at "
+            "FROM marks WHERE school_urn = ANY($1::text[]) AND upn = ANY($2::text[]) "
+            "AND date >= $3 AND date <= $4",
+            urns,
+            sorted({k[1] for k in keys}),
             first,
             last,
         ):
-            existing[(r[0], r[1], r[2])] = (r[3], r[4], r[5], r[6])
+            existing[(r[0], r[1], r[2], r[3])] = (r[4], r[5], r[6], r[7])
         return existing
     m = t.marks.c
-    for start in range(0, len(upns), _CHUNK):
-        chunk = upns[start : start + _CHUNK]
-        rows = await conn.execute(
-            select(m.upn, m.date, m.session, m.code, m.minutes_late, m.recorded_at, m.received_at).where(
-                m.school_urn == urn, m.upn.in_(chunk), m.date >= first, m.date <= last
+    for urn in urns:
+        upns = sorted(k[1] for k in keys if k[0] == urn)
+        for start in range(0, len(upns), _CHUNK):
+            chunk = upns[start : start + _CHUNK]
+            rows = await conn.execute(
+                select(m.upn, m.date, m.session, m.code, m.minutes_late, m.recorded_at, m.received_at).where(
+                    m.school_urn == urn, m.upn.in_(chunk), m.date >= first, m.date <= last
+                )
             )
-        )
-        for r in rows:
-            existing[(r.upn, r.date, r.session)] = (r.code, r.minutes_late, r.recorded_at, r.received_at)
+            for r in rows:
+                existing[(urn, r.upn, r.date, r.session)] = (
+                    r.code,
+                    r.minutes_late,
+                    r.recorded_at,
+                    r.received_at,
+                )
     return existing
 
 
@@ -397,9 +416,9 @@ class _Encoded:
     mark. Every string is JSON-encoded by orjson, once per distinct value in the batch.
     """
 
-    def __init__(self, urn: str, time: str) -> None:
+    def __init__(self, time: str) -> None:
         self._json: dict[Any, bytes] = {}
-        self._fixed = (orjson.dumps(SOURCE), orjson.dumps(time), orjson.dumps(urn))
+        self._fixed = (orjson.dumps(SOURCE), orjson.dumps(time))
 
     def _j(self, value: Any) -> bytes:
         found = self._json.get(value)
@@ -408,9 +427,9 @@ class _Encoded:
         return found
 
     def event(
-        self, event_id: str, kind: str, upn: str, mark: MarkIn, category: str, previous: str | None
+        self, event_id: str, kind: str, urn: str, upn: str, mark: MarkIn, category: str, previous: str | None
     ) -> bytes:
-        source, time, urn = self._fixed
+        source, time = self._fixed
         j = self._j
         upn_json = j(upn)
         late = mark.minutes_late
@@ -421,7 +440,7 @@ class _Encoded:
             j(kind),
             time,
             upn_json,
-            urn,
+            j(urn),
             upn_json,
             mark.date.isoformat().encode(),
             j(mark.session),
@@ -437,23 +456,25 @@ async def record_marks(
     conn: AsyncConnection, urn: str, raw_marks: list[Any], today: dt.date, now: dt.datetime
 ) -> MarksResult:
     """Validate and store a batch inside the caller's transaction; events go to the outbox."""
-    return (await record_batches(conn, urn, [raw_marks], today, now))[0]
+    return (await record_batches(conn, [(urn, raw_marks)], today, now))[0]
 
 
 async def record_batches(
-    conn: AsyncConnection, urn: str, batches: list[list[Any]], today: dt.date, now: dt.datetime
+    conn: AsyncConnection, batches: list[tuple[str, list[Any]]], today: dt.date, now: dt.datetime
 ) -> list[MarksResult]:
-    """``record_marks`` for several batches of one school, in order, with one set of queries.
+    """``record_marks`` for several batches ``(school URN, marks)``, in order, with one set of
+    queries for them all (group commit: many small requests, perhaps of many schools).
 
     The result is what sending them one after another would give: a later batch's mark for the
     same session amends an earlier one's. Each result's rejection indexes are its own batch's.
+    Every school concerned is locked first, in one fixed order (no deadlock with other writers).
     """
-    raw_marks = [raw for batch in batches for raw in batch]
+    raw_marks = [raw for _, batch in batches for raw in batch]
     outs = [Outcome() for _ in batches]
     owner: list[int] = []  # the batch of each mark
     offset: list[int] = []  # that batch's first index
     start = 0
-    for number, batch in enumerate(batches):
+    for number, (_, batch) in enumerate(batches):
         owner.extend([number] * len(batch))
         offset.append(start)
         start += len(batch)
@@ -496,46 +517,47 @@ async def record_batches(
             continue
         candidates.append((index, shaped, upn_or_error, category))
 
-    await lock_school(conn, urn)
+    urns = sorted({urn for urn, _ in batches})
+    await lock_schools(conn, urns)
     calendar_rows = (
         await conn.execute(
-            select(t.calendars.c.year, t.calendars.c.terms, t.calendars.c.closed).where(
-                t.calendars.c.school_urn == urn
-            )
+            select(t.calendars.c.school_urn, t.calendars.c.year, t.calendars.c.terms, t.calendars.c.closed)
+            .where(t.calendars.c.school_urn.in_(urns))
+            .order_by(t.calendars.c.school_urn, t.calendars.c.year)
         )
     ).all()
-    calendars = calendars_cached(calendar_rows)
-    upns = sorted({c[2] for c in candidates})
-    enrolled = await _load_enrolments(conn, urn, upns) if upns else {}
+    calendars = {urn: calendars_cached([r for r in calendar_rows if r.school_urn == urn]) for urn in urns}
+    enrolled = await _load_enrolments(conn, {(batches[owner[c[0]]][0], c[2]) for c in candidates})
 
-    valid: list[tuple[int, MarkIn, str, str]] = []
+    valid: list[tuple[int, str, MarkIn, str, str]] = []
     for index, mark, upn, category in candidates:
         raw = raw_marks[index]
-        if not calendars.is_school_session(mark.date, mark.session):
+        urn = batches[owner[index]][0]
+        if not calendars[urn].is_school_session(mark.date, mark.session):
             reject(index, raw, f"date: {mark.date} {mark.session} is not a school session of this school")
             continue
-        enrolment = enrolled.get(upn)
+        enrolment = enrolled.get((urn, upn))
         if enrolment is None or not enrolment.on_roll(mark.date):
             reject(index, raw, "upn: the pupil is not on this school's roll on that date")
             continue
         if mark.code == "X" and is_compulsory_school_age(enrolment.date_of_birth, mark.date):
             reject(index, raw, "code: X is only for pupils outside compulsory school age")
             continue
-        valid.append((index, mark, upn, category))
+        valid.append((index, urn, mark, upn, category))
 
     if not valid:
         return [out.result() for out in outs]
-    first = min(v[1].date for v in valid)
-    last = max(v[1].date for v in valid)
-    existing = await _load_existing(conn, urn, sorted({v[2] for v in valid}), first, last)
+    first = min(v[2].date for v in valid)
+    last = max(v[2].date for v in valid)
+    existing = await _load_existing(conn, {(v[1], v[3]) for v in valid}, first, last)
 
-    inserts: dict[tuple[str, dt.date, str], MarkRow] = {}
-    updates: dict[tuple[str, dt.date, str], MarkRow] = {}
+    inserts: dict[MarkKey, MarkRow] = {}
+    updates: dict[MarkKey, MarkRow] = {}
     history: list[HistoryRow] = []
     events: list[tuple[str, str, str, bytes]] = []  # event id, key, type, CloudEvent JSON
     ids = iter(new_event_ids(len(valid)))
-    encoded = _Encoded(urn, dt.datetime.now(dt.UTC).isoformat())
-    for index, mark, upn, category in valid:
+    encoded = _Encoded(dt.datetime.now(dt.UTC).isoformat())
+    for index, urn, mark, upn, category in valid:
         out = outs[owner[index]]
         day, session, code, late, recorded_at = (
             mark.date,
@@ -544,7 +566,7 @@ async def record_batches(
             mark.minutes_late,
             mark.recorded_at,
         )
-        key = (upn, day, session)
+        key = (urn, upn, day, session)
         before = existing.get(key)
         if before is not None and before[0] == code:
             out.unchanged += 1
@@ -565,7 +587,9 @@ async def record_batches(
             else:
                 updates[key] = row
         event_id = next(ids)
-        events.append((event_id, upn, kind, encoded.event(event_id, kind, upn, mark, category, previous)))
+        events.append(
+            (event_id, upn, kind, encoded.event(event_id, kind, urn, upn, mark, category, previous))
+        )
         existing[key] = (code, late, recorded_at, now)
 
     await _write(conn, list(inserts.values()), list(updates.values()), history)

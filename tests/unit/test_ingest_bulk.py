@@ -15,7 +15,7 @@ from shared.events import new_event, new_event_ids, new_traceparents
 
 def test_encoded_mark_event_is_orjson_of_the_envelope() -> None:
     time = "2025-03-03T09:00:00.123456+00:00"
-    encoded = _Encoded("104001", time)
+    encoded = _Encoded(time)
     cases: list[tuple[MarkIn, str | None]] = [
         (MarkIn(upn="A343200018001", date=dt.date(2024, 9, 3), session="AM", code="/"), None),
         (MarkIn(upn="A343200018001", date=dt.date(2024, 9, 3), session="PM", code="\\"), "/"),
@@ -47,7 +47,7 @@ def test_encoded_mark_event_is_orjson_of_the_envelope() -> None:
             data["previous_code"] = previous
         event = new_event(kind, SOURCE, data, subject=mark.upn)
         event["time"] = time
-        got = encoded.event(event["id"], kind, mark.upn, mark, "present", previous)
+        got = encoded.event(event["id"], kind, "104001", mark.upn, mark, "present", previous)
         assert got == orjson.dumps(event)
 
 
