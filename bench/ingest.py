@@ -208,7 +208,7 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
     )
     head = (
         f"{'database':<11}{'durable/s':>10}{'published/s':>12}{'max backlog':>12}{'batch p50':>10}"
-        f"{'p99 ms':>8}{'CPU s/100k':>11}{'single/s':>9}{'p50':>7}{'p99':>7}{'p99.9':>7}{'max ms':>8}"
+        f"{'p99 ms':>8}{'CPU s/100k':>11}{'single/s':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max ms':>9}"
         f"{'errors':>7}"
     )
     print(head)
@@ -218,6 +218,6 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
         print(
             f"{backend:<11}{b['mark_rate']:>10.0f}{r['published_per_s']:>12.0f}{r['max_backlog']:>12.0f}"
             f"{bl['p50']:>10.0f}{bl['p99']:>8.0f}{r['cpu_per_100k']:>11.2f}{s['request_rate']:>9.0f}"
-            f"{sl['p50']:>7.1f}{sl['p99']:>7.1f}{sl['p99.9']:>7.1f}{sl['max']:>8.1f}"
+            f"{sl['p50']:>9.1f}{sl['p99']:>9.1f}{sl['p99.9']:>9.1f}{sl['max']:>9.1f}"
             f"{b['errors'] + s['errors']:>7}"
         )
