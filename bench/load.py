@@ -36,6 +36,7 @@ from hdrh.histogram import HdrHistogram
 
 from bench.stack import register_school, school_days
 
+IDLE_SECONDS = 4.0
 MAX_DAYS = 185  # school days in bench.stack.TERMS (2024-25), all in the past
 CODES = ("/", "/", "/", "/", "/", "/", "/", "/", "N", "I")
 
@@ -83,42 +84,60 @@ class Connections:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._slots = asyncio.Semaphore(size)
 
     async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
         async with self._slots:
-            if self._idle:
-                reader, writer = self._idle.pop()
-            else:
+            reused = False
+            while self._idle:
+                reader, writer, since = self._idle.pop()
+                # uvicorn closes a keep-alive connection idle for 5 s: do not send on one so old.
+                if time.monotonic() - since < IDLE_SECONDS:
+                    reused = True
+                    break
+                writer.close()
+            if not reused:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
             try:
-                writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                status_line = await reader.readuntil(b"\r\n")
-                length = 0
-                keep = True
-                while True:
-                    line = await reader.readuntil(b"\r\n")
-                    if line == b"\r\n":
-                        break
-                    name, _, value = line.partition(b":")
-                    lowered = name.strip().lower()
-                    if lowered == b"content-length":
-                        length = int(value)
-                    elif lowered == b"connection" and value.strip().lower() == b"close":
-                        keep = False
-                payload = await reader.readexactly(length)
-            except BaseException:
-                writer.close()
-                raise
-            if keep:
-                self._idle.append((reader, writer))
-            else:
-                writer.close()
-            return int(status_line.split(b" ", 2)[1]), payload
+                return await self._exchange(reader, writer, head, body)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                if not reused:
+                    raise
+            # The server closed the reused connection just as it was taken: once more, on a new one.
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            return await self._exchange(reader, writer, head, body)
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
+    ) -> tuple[int, bytes]:
+        try:
+            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            status_line = await reader.readuntil(b"\r\n")
+            length = 0
+            keep = True
+            while True:
+                line = await reader.readuntil(b"\r\n")
+                if line == b"\r\n":
+                    break
+                name, _, value = line.partition(b":")
+                lowered = name.strip().lower()
+                if lowered == b"content-length":
+                    length = int(value)
+                elif lowered == b"connection" and value.strip().lower() == b"close":
+                    keep = False
+            payload = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self._idle.append((reader, writer, time.monotonic()))
+        else:
+            writer.close()
+        return int(status_line.split(b" ", 2)[1]), payload
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 
