@@ -1,34 +1,43 @@
-"""Ingest throughput: 10,000-mark batches through real HTTP, into SQLite and PostgreSQL, onto Kafka.
+"""Ingest: durable and published marks/s, outbox backlog, single-mark latency (``python -m bench ingest``).
 
-For each database it starts a real Kafka broker (its own port), a fresh database, and the ingest
-service under uvicorn; registers ``--schools`` schools of ``--pupils`` pupils through the API;
-then every school posts ``--batches`` batches of 10,000 new marks (``pupils`` × sessions), the
-schools in parallel and each school's batches one after another, as MIS systems do. It prints:
+For each database (SQLite, then PostgreSQL with ``synchronous_commit=on``) it starts a real Kafka
+broker (its own port), a fresh database and the ingest service under uvicorn, then drives it over
+HTTP with the load generator (``bench.load``) in a separate process:
 
-* durable marks/s — marks answered 200 (committed with their outbox events) per second;
-* published marks/s — the same marks counted on ``rollcall.marks.v1`` (Kafka end offsets) per
-  second of the whole run, i.e. until the relay has caught up;
-* batch latency p50/p99 and the outbox backlog when the last 200 arrived.
+1. **batch** — ``--schools`` schools post ``--batch-size``-mark batches of new marks for
+   ``--duration`` seconds, each school's batches one after another and the schools at once
+   (closed loop: the most the server takes). Printed: durable marks/s (answered 200, so
+   committed with their outbox events), published marks/s (until the last of them is on
+   ``rollcall.marks.v1``, by Kafka end offsets), the largest outbox backlog seen (sampled every
+   0.25 s), batch latency, and the ingest process's CPU seconds per 100,000 marks (less noisy
+   than rates on a shared machine).
+2. **single** — one mark per POST on an open-loop clock at ``--single-rate`` requests/s for
+   ``--single-duration`` seconds: achieved rate and latency percentiles from an HDR histogram.
+
+``--sustained`` makes the batch phase 5 minutes (8 schools of 5,000 pupils, so every mark is
+still new); the default is 20 s so that ``make bench`` stays short.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
-import statistics
+import sqlite3
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
-import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.stack import free_port, register_school, school_days, start_service
+from bench.stack import ROOT, free_port, start_service
 from deploy.kafka import Broker
 from shared import kafka
 from shared.events import Topic
@@ -47,62 +56,97 @@ async def end_offsets(bootstrap: str) -> int:
         await consumer.stop()
 
 
-async def run_backend(name: str, db_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Backlog:
+    """Samples the outbox's row count while the load runs."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.samples: list[tuple[float, int]] = []
+        self._pg: asyncpg.Connection | None = None
+
+    async def count(self) -> int:
+        if self.db_url.startswith("sqlite"):
+            path = self.db_url.split("///", 1)[1]
+
+            def read() -> int:
+                with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as c:
+                    return int(c.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+            return await asyncio.to_thread(read)
+        if self._pg is None:
+            self._pg = await asyncpg.connect(self.db_url.replace("postgresql+asyncpg://", "postgresql://"))
+        return int(await self._pg.fetchval("SELECT count(*) FROM outbox"))
+
+    async def sample_until(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            with contextlib.suppress(Exception):
+                self.samples.append((time.time(), await self.count()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.25)
+
+    async def close(self) -> None:
+        if self._pg is not None:
+            await self._pg.close()
+
+
+async def load(base: str, *argv: str) -> dict[str, Any]:
+    """Run ``bench.load`` as its own process (its CPU is not the server's) and read its summary."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.load", "--url", base, "--json", *argv,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.load {' '.join(argv)} failed ({proc.returncode})")
+    summary: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
+    return summary
+
+
+async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
     proc, base = await start_service("ingest", db_url, bootstrap)
+    backlog = Backlog(db_url)
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
-            sessions_per_batch = max(1, 10_000 // args.pupils)
-            days = school_days((args.batches * sessions_per_batch + 1) // 2 + 1)
-            slots = [(d, s) for d in days for s in ("AM", "PM")]
-            schools = [str(150000 + i) for i in range(args.schools)]
-            headers: dict[str, dict[str, str]] = {}
-            upns: dict[str, list[str]] = {}
-            for i, urn in enumerate(schools):
-                headers[urn], upns[urn] = await register_school(client, urn, 4000 + i, args.pupils)
-            await asyncio.sleep(1)
-            before = await end_offsets(bootstrap)
-            latencies: list[float] = []
-            codes = ["/", "/", "/", "/", "/", "/", "/", "/", "N", "I"]
-
-            async def post_school(urn: str) -> int:
-                sent = 0
-                for b in range(args.batches):
-                    batch_slots = slots[b * sessions_per_batch : (b + 1) * sessions_per_batch]
-                    marks = [
-                        {"upn": u, "date": d.isoformat(), "session": s, "code": codes[(k + j) % 10]}
-                        for j, (d, s) in enumerate(batch_slots)
-                        for k, u in enumerate(upns[urn])
-                    ]
-                    body = orjson.dumps({"marks": marks})
-                    t0 = time.perf_counter()
-                    r = await client.post(f"/v1/schools/{urn}/marks", content=body, headers=headers[urn])
-                    latencies.append(time.perf_counter() - t0)
-                    r.raise_for_status()
-                    result = r.json()
-                    assert not result["rejected"], result["rejected"][:3]
-                    sent += result["accepted"]
-                return sent
-
-            start = time.perf_counter()
-            total = sum(await asyncio.gather(*(post_school(u) for u in schools)))
-            durable_s = time.perf_counter() - start
-            backlog = total - (await end_offsets(bootstrap) - before)
-            while await end_offsets(bootstrap) - before < total:
-                await asyncio.sleep(0.05)
-                if time.perf_counter() - start > 600:
-                    raise RuntimeError("the relay did not publish every event within 10 minutes")
-            published_s = time.perf_counter() - start
+        before = await end_offsets(bootstrap)
+        done = asyncio.Event()
+        sampler = asyncio.create_task(backlog.sample_until(done))
+        cpu0 = cpu_seconds(proc.pid)
+        batch = await load(
+            base, "--mode", "batch", "--rate", "0", "--duration", str(args.duration),
+            "--batch-size", str(args.batch_size), "--schools", str(args.schools),
+            "--pupils", str(args.pupils), "--urn-base", "150000",
+        )  # fmt: skip
+        cpu = cpu_seconds(proc.pid) - cpu0
+        deadline = time.time() + 900
+        while await end_offsets(bootstrap) - before < batch["marks"]:
+            if time.time() > deadline:
+                raise RuntimeError("the relay did not publish every event within 15 minutes")
+            await asyncio.sleep(0.05)
+        published_at = time.time()
+        done.set()
+        await sampler
+        started = batch["started_at"]
+        max_backlog = max((n for t, n in backlog.samples if t >= started), default=0)
+        single = await load(
+            base, "--mode", "single", "--rate", str(args.single_rate),
+            "--duration", str(args.single_duration), "--schools", "20", "--pupils", "200",
+            "--urn-base", "160000", "--connections", "512",
+        )  # fmt: skip
     finally:
+        await backlog.close()
         proc.terminate()
-        proc.wait(timeout=30)
-    lat = sorted(latencies)
+        proc.wait(timeout=60)
     return {
-        "marks": total,
-        "durable_per_s": total / durable_s,
-        "published_per_s": total / published_s,
-        "p50_ms": statistics.median(lat) * 1000,
-        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
-        "backlog_at_last_200": backlog,
+        "batch": batch,
+        "single": single,
+        "published_per_s": batch["marks"] / (published_at - started),
+        "max_backlog": max_backlog,
+        "cpu_per_100k": cpu / batch["marks"] * 100_000 if batch["marks"] else 0.0,
     }
 
 
@@ -122,17 +166,22 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--duration", type=float, default=20, help="seconds of batch load")
+    parser.add_argument("--sustained", action="store_true", help="5 minutes of batch load (issue 8's target)")
     parser.add_argument("--schools", type=int, default=4)
-    parser.add_argument("--pupils", type=int, default=1000, help="pupils per school (batch = 10,000 marks)")
-    parser.add_argument("--batches", type=int, default=5, help="batches per school")
+    parser.add_argument("--pupils", type=int, default=1000, help="pupils per school")
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--single-rate", type=float, default=1000, help="single-mark POSTs per second")
+    parser.add_argument("--single-duration", type=float, default=20)
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args(argv)
+    if args.sustained:
+        args.duration, args.schools, args.pupils = 300.0, 8, 5000
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-"))
-    kafka_port = free_port()
-    broker = Broker(work / "kafka", kafka_port, free_port())
+    broker = Broker(work / "kafka", free_port(), free_port())
     broker.start()
     asyncio.run(kafka.ensure_topics(broker.bootstrap))
-    rows: list[tuple[str, dict[str, float]]] = []
+    rows: list[tuple[str, dict[str, Any]]] = []
     try:
         for backend in args.backends.split(","):
             if backend == "sqlite":
@@ -143,18 +192,32 @@ def main(argv: list[str] | None = None) -> None:
                     print("postgresql: skipped (ROLLCALL_BENCH_POSTGRES_URL not set; `make bench` sets it)")
                     continue
                 url = asyncio.run(fresh_postgres(base))
-            rows.append((backend, asyncio.run(run_backend(backend, url, broker.bootstrap, args))))
+            rows.append((backend, asyncio.run(run_backend(url, broker.bootstrap, args))))
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
+    print_table(rows, args)
+
+
+def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> None:
     print(
-        f"\ningest throughput — {os.cpu_count()} cores, {args.schools} schools × {args.batches} batches "
-        f"of {min(10_000, args.pupils * max(1, 10_000 // args.pupils))} marks"
+        f"\ningest — {os.cpu_count()} cores (os.cpu_count(), shared with Kafka, the database and the "
+        f"load generator); batch: {args.schools} schools × {args.batch_size:,}-mark batches, closed "
+        f"loop, {args.duration:g} s{' (sustained)' if args.sustained else ''}; single: one mark per "
+        f"POST, open loop at {args.single_rate:g}/s for {args.single_duration:g} s"
     )
-    columns = ("marks", "durable/s", "published/s", "p50 ms", "p99 ms", "backlog")
-    print(f"{'database':<11}" + "".join(f"{c:>12}" for c in columns))
+    head = (
+        f"{'database':<11}{'durable/s':>10}{'published/s':>12}{'max backlog':>12}{'batch p50':>10}"
+        f"{'p99 ms':>8}{'CPU s/100k':>11}{'single/s':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max ms':>9}"
+        f"{'errors':>7}"
+    )
+    print(head)
     for backend, r in rows:
+        b, s = r["batch"], r["single"]
+        bl, sl = b["latency_ms"], s["latency_ms"]
         print(
-            f"{backend:<11}{r['marks']:>9.0f}{r['durable_per_s']:>12.0f}{r['published_per_s']:>14.0f}"
-            f"{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}{r['backlog_at_last_200']:>9.0f}"
+            f"{backend:<11}{b['mark_rate']:>10.0f}{r['published_per_s']:>12.0f}{r['max_backlog']:>12.0f}"
+            f"{bl['p50']:>10.0f}{bl['p99']:>8.0f}{r['cpu_per_100k']:>11.2f}{s['request_rate']:>9.0f}"
+            f"{sl['p50']:>9.1f}{sl['p99']:>9.1f}{sl['p99.9']:>9.1f}{sl['max']:>9.1f}"
+            f"{b['errors'] + s['errors']:>7}"
         )

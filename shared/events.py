@@ -9,6 +9,7 @@ is all the contract uses, and one model keeps validation and serialisation in on
 from __future__ import annotations
 
 import datetime as dt
+import os
 import secrets
 import uuid
 from datetime import UTC, date, datetime
@@ -65,6 +66,23 @@ def new_event(type_: str, source: str, data: dict[str, Any], subject: str | None
     }
 
 
+_VARIANT = dict(zip("0123456789abcdef", "89ab89ab89ab89ab", strict=True))
+
+
+def new_event_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUID strings, from one read of the OS random source.
+
+    Equivalent to ``str(uuid.uuid4())`` ``n`` times at a fraction of the cost: a 10,000-mark
+    batch needs 10,000 event ids.
+    """
+    hexed = os.urandom(16 * n).hex()
+    ids = []
+    for i in range(0, 32 * n, 32):
+        h = hexed[i : i + 32]
+        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    return ids
+
+
 def encode(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
 
@@ -76,6 +94,14 @@ def decode(value: bytes) -> CloudEvent:
 def new_traceparent() -> str:
     """A W3C traceparent for an event that starts a trace."""
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def new_traceparents(n: int) -> list[str]:
+    """W3C traceparents for ``n`` events written together: one trace (the request that wrote
+    them), a span id each."""
+    trace = secrets.token_hex(16)
+    spans = os.urandom(8 * n).hex()
+    return [f"00-{trace}-{spans[i : i + 16]}-01" for i in range(0, 16 * n, 16)]
 
 
 # Payload models: the ``data`` of each event type. Consumers validate with these; the AsyncAPI

@@ -7,15 +7,22 @@ A process killed between commit and publish loses nothing: the rows are still th
 relay publishes them. A crash after send but before delete republishes a few events; consumers
 de-duplicate by event id (the inbox).
 
-One relay runs per service database (inside the service process by default; ``python -m
-shared.outbox`` runs it on its own). Rows are published strictly in commit order, which keeps the
-per-pupil order that consumers rely on.
+One relay runs per service database (inside the service process). Rows are published in
+``seq`` order, which keeps the per-pupil order that consumers rely on.
+
+Throughput (issue 8): rows are written with one COPY on PostgreSQL; the relay reads with the
+driver directly (no per-row SQLAlchemy processing), caches each key's partition, sends whole
+record batches per partition, and keeps up to ``depth`` batches in flight — reading and sending
+the next while Kafka acknowledges the previous and its rows are deleted in one statement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -38,7 +45,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.events import new_traceparent
+from shared.db import asyncpg_connection
+from shared.events import new_traceparents
 
 log = structlog.get_logger()
 
@@ -61,25 +69,59 @@ def outbox_table(metadata: MetaData) -> Table:
     )
 
 
+_COLUMNS = ("event_id", "topic", "key", "event_type", "traceparent", "value")
+
+
 def outbox_records(topic: str, events: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Rows for ``events`` given as ``(key, cloud_event_dict)`` pairs."""
+    """Rows for ``events`` given as ``(key, cloud_event_dict)`` pairs (one trace per call)."""
+    pairs = list(events)
+    dumps = orjson.dumps
     return [
         {
             "event_id": event["id"],
             "topic": topic,
             "key": key,
             "event_type": event["type"],
-            "traceparent": new_traceparent(),
-            "value": orjson.dumps(event),
+            "traceparent": traceparent,
+            "value": dumps(event),
         }
-        for key, event in events
+        for (key, event), traceparent in zip(pairs, new_traceparents(len(pairs)), strict=True)
     ]
 
 
 async def enqueue(conn: AsyncConnection, table: Table, records: list[dict[str, Any]]) -> None:
-    """Add rows to the outbox inside the caller's transaction."""
-    if records:
-        await conn.execute(insert(table), records)
+    """Add rows to the outbox inside the caller's transaction (one COPY on PostgreSQL)."""
+    await _insert(conn, table, [tuple(r[c] for c in _COLUMNS) for r in records])
+
+
+async def enqueue_encoded(
+    conn: AsyncConnection, table: Table, topic: str, events: Sequence[tuple[str, str, str, bytes]]
+) -> None:
+    """``enqueue`` for events already encoded, as ``(event_id, key, event_type, json_value)``:
+    the bulk path (a 10,000-mark batch), which never builds a dict per event."""
+    traceparents = new_traceparents(len(events))
+    await _insert(
+        conn,
+        table,
+        [
+            (event_id, topic, key, event_type, traceparent, value)
+            for (event_id, key, event_type, value), traceparent in zip(events, traceparents, strict=True)
+        ],
+    )
+
+
+async def _insert(conn: AsyncConnection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    driver = await asyncpg_connection(conn)
+    if driver is None:
+        await conn.execute(insert(table), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
+    else:
+        await driver.copy_records_to_table(table.name, records=rows, columns=_COLUMNS)
+
+
+# Outbox rows as the relay reads them: (seq, event_id, topic, key, event_type, traceparent, value).
+_Row = Sequence[Any]
 
 
 class OutboxRelay:
@@ -92,53 +134,117 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         batch: int = 10_000,
         poll_seconds: float = 1.0,
+        depth: int = 4,
+        rescan_seconds: float = 1.0,
+        max_backlog: int = 0,
     ) -> None:
         self._engine = engine
         self._table = table
         self._producer = producer
         self._batch = batch
         self._poll = poll_seconds
+        self._depth = max(1, depth)
+        self._rescan = rescan_seconds
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one publisher at a time: the loop and a shutdown drain
         self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, str], int] = {}
         self._stopping = False
+        self._max_backlog = max_backlog
+        self._pending = 0  # events this process committed and has not yet seen published
+        self._published = asyncio.Event()
         self.healthy = False
 
-    def wake(self) -> None:
+    def wake(self, events: int = 0) -> None:
+        """Call after committing outbox rows (``events`` of them, if known: see ``room``)."""
+        self._pending += events
         self._wake.set()
+
+    async def room(self, wait_seconds: float = 5.0) -> None:
+        """Backpressure: while more than ``max_backlog`` events this process committed are still
+        unpublished, wait (up to ``wait_seconds``) for the relay to catch up.
+
+        Ingest and its relay share one process (one core under the GIL): without this the API
+        takes batches faster than the relay publishes them and the backlog grows without bound.
+        Never waits when the relay is not publishing (Kafka down, relay disabled): durable first.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while self._max_backlog and self._pending > self._max_backlog and self.healthy and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._published.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._published.wait(), timeout=left)
 
     async def publish_once(self) -> int:
         """Publish one batch of pending rows in commit order; returns how many were published."""
         async with self._lock:
-            return await self._publish_batch()
+            rows = await self._fetch(after=None)
+            if rows:
+                await self._settle(await self._send(rows), rows)
+            return len(rows)
 
-    async def _publish_batch(self) -> int:
+    async def _fetch(self, after: int | None) -> list[_Row]:
+        """Up to ``batch`` pending rows in ``seq`` order (only those above ``after`` if given)."""
         t = self._table
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        t.c.seq, t.c.event_id, t.c.topic, t.c.key, t.c.event_type, t.c.traceparent, t.c.value
-                    )
-                    .order_by(t.c.seq)
-                    .limit(self._batch)
+            driver = await asyncpg_connection(conn)
+            if driver is not None:
+                records = await driver.fetch(
+                    f"SELECT seq, event_id, topic, key, event_type, traceparent, value FROM {t.name} "  # noqa: S608 - a table name, not input
+                    "WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    after if after is not None else -1,
+                    self._batch,
                 )
-            ).all()
+                rows: list[Any] = records  # asyncpg Records: indexable like the tuples below
+            else:
+                query = select(
+                    t.c.seq, t.c.event_id, t.c.topic, t.c.key, t.c.event_type, t.c.traceparent, t.c.value
+                )
+                if after is not None:
+                    query = query.where(t.c.seq > after)
+                result = await conn.execute(query.order_by(t.c.seq).limit(self._batch))
+                rows = [tuple(r) for r in result]
             await conn.rollback()
-        if not rows:
-            return 0
-        await asyncio.gather(*await self._send(rows))
-        # Delete exactly the rows sent: on PostgreSQL a lower seq can become visible after a higher
-        # one (sequences are allocated before commit), so a seq range could take an unsent row.
-        seqs = [row.seq for row in rows]
-        async with self._engine.begin() as conn:
-            for start in range(0, len(seqs), 5000):
-                await conn.execute(delete(t).where(t.c.seq.in_(seqs[start : start + 5000])))
-        for row in rows:
-            PUBLISHED.labels(row.topic).inc()
-        return len(rows)
+        return rows
 
-    async def _send(self, rows: Sequence[Any]) -> list[asyncio.Future[Any]]:
+    async def _settle(self, futures: list[asyncio.Future[Any]], rows: Sequence[_Row]) -> None:
+        """Wait for Kafka to acknowledge ``rows``, then delete exactly them.
+
+        Not a seq range: on PostgreSQL a lower seq can become visible after a higher one
+        (sequences are allocated before commit), so a range could take an unsent row.
+        """
+        await asyncio.gather(*futures)
+        seqs = [row[0] for row in rows]
+        t = self._table
+        async with self._engine.begin() as conn:
+            driver = await asyncpg_connection(conn)
+            if driver is not None:
+                await driver.execute(f"DELETE FROM {t.name} WHERE seq = ANY($1::bigint[])", seqs)  # noqa: S608 - a table name
+            else:
+                for start in range(0, len(seqs), 5000):
+                    await conn.execute(delete(t).where(t.c.seq.in_(seqs[start : start + 5000])))
+        for topic, n in Tally(row[2] for row in rows).items():
+            PUBLISHED.labels(topic).inc(n)
+        self._pending = max(0, self._pending - len(rows))
+        self._published.set()
+
+    async def _partition(self, topic: str, key: str, key_bytes: bytes) -> int:
+        slot = (topic, key)
+        partition = self._partition_of.get(slot)
+        if partition is None:
+            if topic not in self._partitions:
+                self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            every = self._partitions[topic]
+            partition = self._partitioner(key_bytes, every, every)
+            if len(self._partition_of) >= 1_000_000:
+                self._partition_of.clear()
+            self._partition_of[slot] = partition
+        return partition
+
+    async def _send(self, rows: Sequence[_Row]) -> list[asyncio.Future[Any]]:
         """Queue ``rows`` as record batches per partition, in commit order within each partition.
 
         Batching by hand (the same murmur2 partitioner as ``send``, so keys land where Java and
@@ -146,47 +252,86 @@ class OutboxRelay:
         """
         futures: list[asyncio.Future[Any]] = []
         open_batches: dict[tuple[str, int], Any] = {}
-        partitions: dict[str, list[int]] = {}
-        for row in rows:
-            if row.topic not in partitions:
-                partitions[row.topic] = sorted(await self._producer.partitions_for(row.topic))
-            key = row.key.encode()
-            partition = self._partitioner(key, partitions[row.topic], partitions[row.topic])
+        for _seq, event_id, topic, key_text, event_type, traceparent, value in rows:
+            key = key_text.encode()
+            partition = self._partition_of.get((topic, key_text))
+            if partition is None:
+                partition = await self._partition(topic, key_text, key)
             headers = [
-                ("ce_id", row.event_id.encode()),
-                ("ce_type", row.event_type.encode()),
-                ("traceparent", row.traceparent.encode()),
+                ("ce_id", event_id.encode()),
+                ("ce_type", event_type.encode()),
+                ("traceparent", traceparent.encode()),
             ]
-            slot = (row.topic, partition)
+            slot = (topic, partition)
             batch = open_batches.get(slot)
             if batch is None:
                 batch = open_batches[slot] = self._producer.create_batch()
-            if batch.append(key=key, value=row.value, timestamp=None, headers=headers) is None:
-                futures.append(await self._producer.send_batch(batch, row.topic, partition=partition))
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(await self._producer.send_batch(batch, topic, partition=partition))
                 batch = open_batches[slot] = self._producer.create_batch()
-                if batch.append(key=key, value=row.value, timestamp=None, headers=headers) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError("an outbox event is larger than the producer's batch size")
         for (topic, partition), batch in open_batches.items():
             futures.append(await self._producer.send_batch(batch, topic, partition=partition))
         return futures
 
+    async def _pump(self) -> int:
+        """Publish until the outbox is empty, up to ``depth`` batches in flight; returns the count.
+
+        The next batch is read past the last seq already handed to the producer, so it never
+        re-reads rows in flight. Every ``rescan_seconds`` (and when the tail is reached) the
+        pipeline drains and reading starts again from the lowest pending seq, which picks up any
+        row whose lower seq became visible late.
+        """
+        published = 0
+        inflight: deque[tuple[asyncio.Task[None], int]] = deque()
+        cursor: int | None = None
+        rescan_at = time.monotonic() + self._rescan
+        try:
+            while not self._stopping:
+                rows = await self._fetch(after=cursor)
+                if rows:
+                    task = asyncio.ensure_future(self._settle(await self._send(rows), rows))
+                    inflight.append((task, len(rows)))
+                    cursor = rows[-1][0]
+                while inflight and (len(inflight) >= self._depth or inflight[0][0].done()):
+                    task, n = inflight.popleft()
+                    await task
+                    published += n
+                if len(rows) < self._batch or time.monotonic() >= rescan_at:
+                    while inflight:
+                        task, n = inflight.popleft()
+                        await task
+                        published += n
+                    if not rows and cursor is None:
+                        return published
+                    cursor = None
+                    rescan_at = time.monotonic() + self._rescan
+        finally:
+            for task, _ in inflight:
+                task.cancel()
+            for task, _ in inflight:
+                with contextlib.suppress(BaseException):
+                    await task
+        return published
+
     async def run(self) -> None:
         """Publish until stopped; errors are logged and retried after a pause (nothing is dropped)."""
         while not self._stopping:
             try:
-                published = await self.publish_once()
+                async with self._lock:
+                    await self._pump()
                 self.healthy = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: keep the rows, retry later
                 self.healthy = False
+                self._published.set()  # release anyone waiting for room: the relay is not publishing
                 log.warning("outbox_relay_retry", error_type=type(exc).__name__)
-                published = 0
                 await asyncio.sleep(self._poll)
-            if published == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
-                self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            self._wake.clear()
 
     def stop(self) -> None:
         self._stopping = True

@@ -122,7 +122,9 @@ def service_app(
         policy = load_policy(settings.policy_file)
         engine = create_engine(settings.db_url)
         producer = kafka.producer(settings.kafka_bootstrap)
-        relay = OutboxRelay(engine, outbox, producer, batch=settings.relay_batch)
+        relay = OutboxRelay(
+            engine, outbox, producer, batch=settings.relay_batch, max_backlog=settings.relay_max_backlog
+        )
         runtime = Runtime(settings, policy, engine, producer, relay)
         if settings.today is not None:
             runtime.clock = fixed_day_clock(settings.today, policy.zone)

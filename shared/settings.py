@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     relay_enabled: bool = True
     relay_batch: int = 10_000
+    # Backpressure: a marks request waits (up to 5 s) while more events than this are unpublished.
+    relay_max_backlog: int = 50_000
     # Request limits (shared/limits.py; README "Request limits"). Bulk routes (ingest's marks and
     # rosters: 10,000 marks, 5,000 pupils) take max_body_bytes, every other route max_request_bytes.
     max_body_bytes: int = 16 * 1024 * 1024

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
-from sqlalchemy import Row, and_, bindparam, insert, select, update
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest import tables as t
@@ -29,9 +30,9 @@ from services.ingest.schemas import MarkIn, MarksResult, Rejection
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
 from shared.codes import CodeError, lookup
 from shared.csa import is_compulsory_school_age
-from shared.db import lock_school
-from shared.events import EventType, Topic, new_event
-from shared.outbox import enqueue, outbox_records
+from shared.db import asyncpg_connection, lock_schools
+from shared.events import EventType, Topic, new_event_ids
+from shared.outbox import enqueue_encoded
 from shared.problems import Problem
 from shared.upn import InvalidUPN, validate_upn
 
@@ -165,23 +166,58 @@ def _reject(out: Outcome, index: int, raw: Any, detail: str) -> None:
     )
 
 
+_MARK_LIST: TypeAdapter[list[MarkIn]] = TypeAdapter(list[MarkIn])
+_NOT_A_ROW = "the CSV row does not have one value per header column"
+_NOT_AN_OBJECT = "a mark must be an object with upn, date, session and code"
+
+
+def _why(err: ErrorDetails, skip: int) -> str:
+    where = ".".join(str(p) for p in err["loc"][skip:]) or "mark"
+    return f"{where}: {err['msg']}"
+
+
 def _shape(raw: Any) -> MarkIn | str:
     """The mark, or why its shape is wrong (one sentence naming the field)."""
     if not isinstance(raw, dict):
-        return (
-            "the CSV row does not have one value per header column"
-            if isinstance(raw, tuple)
-            else "a mark must be an object with upn, date, session and code"
-        )
+        return _NOT_A_ROW if isinstance(raw, tuple) else _NOT_AN_OBJECT
     try:
         return MarkIn.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "mark"
-        return f"{where}: {err['msg']}"
+        return _why(exc.errors()[0], 0)
 
 
-def calendars_from_rows(rows: Iterable[Row[Any, Any, Any]]) -> Calendars:
+def _shape_all(raw_marks: list[Any]) -> list[MarkIn | str]:
+    """``_shape`` of every mark, validated as one list (one call into pydantic-core, not 10,000).
+
+    If any mark is invalid the list is validated again without those marks; the first error of
+    each invalid mark (fields in declaration order) is its reason, exactly as ``_shape`` gives it.
+    """
+    shaped: list[MarkIn | str] = [
+        "" if isinstance(raw, dict) else (_NOT_A_ROW if isinstance(raw, tuple) else _NOT_AN_OBJECT)
+        for raw in raw_marks
+    ]
+    where = [i for i, raw in enumerate(raw_marks) if isinstance(raw, dict)]
+    try:
+        models = _MARK_LIST.validate_python([raw_marks[i] for i in where])
+    except ValidationError as exc:
+        bad: dict[int, str] = {}
+        for err in exc.errors():
+            position = err["loc"][0]
+            if isinstance(position, int) and position not in bad:
+                bad[position] = _why(err, 1)
+        for position, reason in bad.items():
+            shaped[where[position]] = reason
+        where = [i for position, i in enumerate(where) if position not in bad]
+        try:
+            models = _MARK_LIST.validate_python([raw_marks[i] for i in where])
+        except ValidationError:  # cannot happen (marks validate independently); be exact anyway
+            return [_shape(raw) for raw in raw_marks]
+    for i, model in zip(where, models, strict=True):
+        shaped[i] = model
+    return shaped
+
+
+def calendars_from_rows(rows: Iterable[Any]) -> Calendars:
     built = []
     for row in rows:
         built.append(
@@ -200,163 +236,132 @@ def calendars_from_rows(rows: Iterable[Row[Any, Any, Any]]) -> Calendars:
     return Calendars(built)
 
 
-async def _load_enrolments(conn: AsyncConnection, urn: str, upns: Sequence[str]) -> dict[str, Enrolment]:
-    found: dict[str, Enrolment] = {}
-    for start in range(0, len(upns), _CHUNK):
-        chunk = upns[start : start + _CHUNK]
-        rows = await conn.execute(
-            select(
-                t.enrolments.c.upn,
-                t.enrolments.c.admission_date,
-                t.enrolments.c.leaving_date,
-                t.pupils.c.date_of_birth,
-            )
-            .join(t.pupils, t.pupils.c.upn == t.enrolments.c.upn)
-            .where(t.enrolments.c.school_urn == urn, t.enrolments.c.upn.in_(chunk))
-        )
-        for r in rows:
-            found[r.upn] = Enrolment(r.admission_date, r.leaving_date, r.date_of_birth)
+_CALENDARS: dict[tuple[Any, ...], Calendars] = {}
+
+
+def calendars_cached(rows: Sequence[Any]) -> Calendars:
+    """``calendars_from_rows``, remembered by the rows' content: a school's calendar changes a
+    few times a year but every marks request needs it (building it is most of a one-mark POST)."""
+    key = tuple((r.year, orjson.dumps(r.terms), orjson.dumps(r.closed)) for r in rows)
+    found = _CALENDARS.get(key)
+    if found is None:
+        if len(_CALENDARS) >= 4096:
+            _CALENDARS.clear()
+        found = _CALENDARS[key] = calendars_from_rows(rows)
     return found
 
 
-async def _load_existing(
-    conn: AsyncConnection, urn: str, upns: Sequence[str], first: dt.date, last: dt.date
-) -> dict[tuple[str, dt.date, str], tuple[str, int | None, dt.datetime | None, dt.datetime]]:
-    m = t.marks.c
-    existing: dict[tuple[str, dt.date, str], tuple[str, int | None, dt.datetime | None, dt.datetime]] = {}
-    for start in range(0, len(upns), _CHUNK):
-        chunk = upns[start : start + _CHUNK]
-        rows = await conn.execute(
-            select(m.upn, m.date, m.session, m.code, m.minutes_late, m.recorded_at, m.received_at).where(
-                m.school_urn == urn, m.upn.in_(chunk), m.date >= first, m.date <= last
+async def _load_enrolments(
+    conn: AsyncConnection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], Enrolment]:
+    """Enrolment and date of birth of each (school, pupil) in ``keys`` that is on the roll."""
+    found: dict[tuple[str, str], Enrolment] = {}
+    if not keys:
+        return found
+    urns = sorted({k[0] for k in keys})
+    driver = await asyncpg_connection(conn)
+    if driver is not None:
+        for r in await driver.fetch(
+            "SELECT e.school_urn, e.upn, e.admission_date, e.leaving_date, p.date_of_birth "
+            "FROM enrolments e JOIN pupils p ON p.upn = e.upn "
+            "WHERE e.school_urn = ANY($1::text[]) AND e.upn = ANY($2::text[])",
+            urns,
+            sorted({k[1] for k in keys}),
+        ):
+            found[(r[0], r[1])] = Enrolment(r[2], r[3], r[4])
+        return found
+    for urn in urns:
+        upns = sorted(k[1] for k in keys if k[0] == urn)
+        for start in range(0, len(upns), _CHUNK):
+            chunk = upns[start : start + _CHUNK]
+            rows = await conn.execute(
+                select(
+                    t.enrolments.c.upn,
+                    t.enrolments.c.admission_date,
+                    t.enrolments.c.leaving_date,
+                    t.pupils.c.date_of_birth,
+                )
+                .join(t.pupils, t.pupils.c.upn == t.enrolments.c.upn)
+                .where(t.enrolments.c.school_urn == urn, t.enrolments.c.upn.in_(chunk))
             )
-        )
-        for r in rows:
-            existing[(r.upn, r.date, r.session)] = (r.code, r.minutes_late, r.recorded_at, r.received_at)
+            for r in rows:
+                found[(urn, r.upn)] = Enrolment(r.admission_date, r.leaving_date, r.date_of_birth)
+    return found
+
+
+MarkKey = tuple[str, str, dt.date, str]  # school, pupil, date, session
+Existing = dict[MarkKey, tuple[str, int | None, dt.datetime | None, dt.datetime]]
+
+
+async def _load_existing(
+    conn: AsyncConnection, keys: set[tuple[str, str]], first: dt.date, last: dt.date
+) -> Existing:
+    """The register's current marks of the (school, pupil) ``keys`` between two dates."""
+    existing: Existing = {}
+    urns = sorted({k[0] for k in keys})
+    driver = await asyncpg_connection(conn)
+    if driver is not None:
+        for r in await driver.fetch(
+            "SELECT school_urn, upn, date, session, code, minutes_late, recorded_at, received_at "
+            "FROM marks WHERE school_urn = ANY($1::text[]) AND upn = ANY($2::text[]) "
+            "AND date >= $3 AND date <= $4",
+            urns,
+            sorted({k[1] for k in keys}),
+            first,
+            last,
+        ):
+            existing[(r[0], r[1], r[2], r[3])] = (r[4], r[5], r[6], r[7])
+        return existing
+    m = t.marks.c
+    for urn in urns:
+        upns = sorted(k[1] for k in keys if k[0] == urn)
+        for start in range(0, len(upns), _CHUNK):
+            chunk = upns[start : start + _CHUNK]
+            rows = await conn.execute(
+                select(m.upn, m.date, m.session, m.code, m.minutes_late, m.recorded_at, m.received_at).where(
+                    m.school_urn == urn, m.upn.in_(chunk), m.date >= first, m.date <= last
+                )
+            )
+            for r in rows:
+                existing[(urn, r.upn, r.date, r.session)] = (
+                    r.code,
+                    r.minutes_late,
+                    r.recorded_at,
+                    r.received_at,
+                )
     return existing
 
 
-async def record_marks(
-    conn: AsyncConnection, urn: str, raw_marks: list[Any], today: dt.date, now: dt.datetime
-) -> MarksResult:
-    """Validate and store a batch inside the caller's transaction; events go to the outbox."""
-    out = Outcome()
-    candidates: list[tuple[int, MarkIn, str, str]] = []  # index, mark, normalised upn, category
-    for index, raw in enumerate(raw_marks):
-        shaped = _shape(raw)
-        if isinstance(shaped, str):
-            _reject(out, index, raw, shaped)
-            continue
-        try:
-            upn = validate_upn(shaped.upn)
-        except InvalidUPN as exc:
-            _reject(out, index, raw, f"upn: {exc.detail}")
-            continue
-        try:
-            code = lookup(shaped.code, shaped.date)
-        except CodeError as exc:
-            _reject(out, index, raw, f"code: {exc.detail}")
-            continue
-        if shaped.date > today:
-            _reject(out, index, raw, "date: a mark cannot be recorded for a date after today")
-            continue
-        candidates.append((index, shaped, upn, code.category.value))
+_MARK_COLUMNS = ("school_urn", "upn", "date", "session", "code", "minutes_late", "recorded_at", "received_at")
+_HISTORY_COLUMNS = (*_MARK_COLUMNS, "replaced_at", "replaced_by")
+MarkRow = tuple[str, str, dt.date, str, str, int | None, dt.datetime | None, dt.datetime]
+HistoryRow = tuple[str, str, dt.date, str, str, int | None, dt.datetime | None, dt.datetime, dt.datetime, str]
 
-    await lock_school(conn, urn)
-    calendar_rows = (
-        await conn.execute(
-            select(t.calendars.c.year, t.calendars.c.terms, t.calendars.c.closed).where(
-                t.calendars.c.school_urn == urn
+
+async def _write(
+    conn: AsyncConnection, inserts: list[MarkRow], updates: list[MarkRow], history: list[HistoryRow]
+) -> None:
+    """Store new marks, amended marks and the replaced codes.
+
+    PostgreSQL: one binary COPY for the new marks and one for the history, and a prepared
+    ``executemany`` for the amendments. The school's advisory lock is held and the current codes
+    were read under it, so the rows inserted are known to be new: no ``ON CONFLICT`` is needed.
+    """
+    driver = await asyncpg_connection(conn)
+    if driver is not None:
+        if inserts:
+            await driver.copy_records_to_table("marks", records=inserts, columns=_MARK_COLUMNS)
+        if updates:
+            await driver.executemany(
+                "UPDATE marks SET code = $5, minutes_late = $6, recorded_at = $7, received_at = $8 "
+                "WHERE school_urn = $1 AND upn = $2 AND date = $3 AND session = $4",
+                updates,
             )
-        )
-    ).all()
-    calendars = calendars_from_rows(calendar_rows)
-    upns = sorted({c[2] for c in candidates})
-    enrolled = await _load_enrolments(conn, urn, upns)
-
-    valid: list[tuple[MarkIn, str, str]] = []
-    for index, mark, upn, category in candidates:
-        raw = raw_marks[index]
-        if not calendars.is_school_session(mark.date, mark.session):
-            _reject(
-                out, index, raw, f"date: {mark.date} {mark.session} is not a school session of this school"
-            )
-            continue
-        enrolment = enrolled.get(upn)
-        if enrolment is None or not enrolment.on_roll(mark.date):
-            _reject(out, index, raw, "upn: the pupil is not on this school's roll on that date")
-            continue
-        if mark.code == "X" and is_compulsory_school_age(enrolment.date_of_birth, mark.date):
-            _reject(out, index, raw, "code: X is only for pupils outside compulsory school age")
-            continue
-        valid.append((mark, upn, category))
-
-    if not valid:
-        return out.result()
-    first = min(v[0].date for v in valid)
-    last = max(v[0].date for v in valid)
-    existing = await _load_existing(conn, urn, sorted({v[1] for v in valid}), first, last)
-
-    inserts: dict[tuple[str, dt.date, str], dict[str, Any]] = {}
-    updates: dict[tuple[str, dt.date, str], dict[str, Any]] = {}
-    history: list[dict[str, Any]] = []
-    events: list[tuple[str, dict[str, Any]]] = []
-    for mark, upn, category in valid:
-        key = (upn, mark.date, mark.session)
-        row = {
-            "school_urn": urn,
-            "upn": upn,
-            "date": mark.date,
-            "session": mark.session,
-            "code": mark.code,
-            "minutes_late": mark.minutes_late,
-            "recorded_at": mark.recorded_at,
-            "received_at": now,
-        }
-        before = existing.get(key)
-        if before is not None and before[0] == mark.code:
-            out.unchanged += 1
-            continue
-        data: dict[str, Any] = {
-            "school_urn": urn,
-            "upn": upn,
-            "date": mark.date.isoformat(),
-            "session": mark.session,
-            "code": mark.code,
-            "category": category,
-            "minutes_late": mark.minutes_late,
-            "recorded_at": mark.recorded_at.isoformat() if mark.recorded_at else None,
-        }
-        if before is None:
-            out.accepted += 1
-            inserts[key] = row
-            events.append((upn, new_event(EventType.MARK_RECORDED, SOURCE, data, subject=upn)))
-        else:
-            out.amended += 1
-            history.append(
-                {
-                    "school_urn": urn,
-                    "upn": upn,
-                    "date": mark.date,
-                    "session": mark.session,
-                    "code": before[0],
-                    "minutes_late": before[1],
-                    "recorded_at": before[2],
-                    "received_at": before[3],
-                    "replaced_at": now,
-                    "replaced_by": mark.code,
-                }
-            )
-            data["previous_code"] = before[0]
-            events.append((upn, new_event(EventType.MARK_AMENDED, SOURCE, data, subject=upn)))
-            if key in inserts:
-                inserts[key] = row  # amended within this batch: insert the final code once
-            else:
-                updates[key] = row
-        existing[key] = (mark.code, mark.minutes_late, mark.recorded_at, now)
-
+        if history:
+            await driver.copy_records_to_table("mark_history", records=history, columns=_HISTORY_COLUMNS)
+        return
     if inserts:
-        await conn.execute(insert(t.marks), list(inserts.values()))
+        await conn.execute(insert(t.marks), [dict(zip(_MARK_COLUMNS, r, strict=True)) for r in inserts])
     if updates:
         m = t.marks.c
         await conn.execute(
@@ -377,19 +382,217 @@ async def record_marks(
             ),
             [
                 {
-                    "k_urn": r["school_urn"],
-                    "k_upn": r["upn"],
-                    "k_date": r["date"],
-                    "k_session": r["session"],
-                    "v_code": r["code"],
-                    "v_minutes_late": r["minutes_late"],
-                    "v_recorded_at": r["recorded_at"],
-                    "v_received_at": r["received_at"],
+                    "k_urn": r[0],
+                    "k_upn": r[1],
+                    "k_date": r[2],
+                    "k_session": r[3],
+                    "v_code": r[4],
+                    "v_minutes_late": r[5],
+                    "v_recorded_at": r[6],
+                    "v_received_at": r[7],
                 }
-                for r in updates.values()
+                for r in updates
             ],
         )
     if history:
-        await conn.execute(insert(t.mark_history), history)
-    await enqueue(conn, t.outbox, outbox_records(Topic.MARKS, events))
-    return out.result()
+        await conn.execute(
+            insert(t.mark_history), [dict(zip(_HISTORY_COLUMNS, r, strict=True)) for r in history]
+        )
+
+
+_RECORDED = EventType.MARK_RECORDED.value
+_AMENDED = EventType.MARK_AMENDED.value
+_EVENT = (
+    b'{"specversion":"1.0","id":"%b","source":%b,"type":%b,"time":%b,"subject":%b,'
+    b'"datacontenttype":"application/json","data":{"school_urn":%b,"upn":%b,"date":"%b",'
+    b'"session":%b,"code":%b,"category":%b,"minutes_late":%b,"recorded_at":%b%b}}'
+)
+
+
+class _Encoded:
+    """``mark.recorded`` / ``mark.amended`` CloudEvents as JSON bytes, straight from a template.
+
+    The same bytes as ``orjson.dumps`` of the envelope dict (``shared.events.new_event``) with
+    ``MarkData`` as its ``data`` (a unit test compares them), without building two dicts per
+    mark. Every string is JSON-encoded by orjson, once per distinct value in the batch.
+    """
+
+    def __init__(self, time: str) -> None:
+        self._json: dict[Any, bytes] = {}
+        self._fixed = (orjson.dumps(SOURCE), orjson.dumps(time))
+
+    def _j(self, value: Any) -> bytes:
+        found = self._json.get(value)
+        if found is None:
+            found = self._json[value] = orjson.dumps(value)
+        return found
+
+    def event(
+        self, event_id: str, kind: str, urn: str, upn: str, mark: MarkIn, category: str, previous: str | None
+    ) -> bytes:
+        source, time = self._fixed
+        j = self._j
+        upn_json = j(upn)
+        late = mark.minutes_late
+        recorded_at = mark.recorded_at
+        return _EVENT % (
+            event_id.encode(),
+            source,
+            j(kind),
+            time,
+            upn_json,
+            j(urn),
+            upn_json,
+            mark.date.isoformat().encode(),
+            j(mark.session),
+            j(mark.code),
+            j(category),
+            b"null" if late is None else b"%d" % late,
+            b"null" if recorded_at is None else orjson.dumps(recorded_at.isoformat()),
+            b"" if previous is None else b',"previous_code":' + j(previous),
+        )
+
+
+async def record_marks(
+    conn: AsyncConnection, urn: str, raw_marks: list[Any], today: dt.date, now: dt.datetime
+) -> MarksResult:
+    """Validate and store a batch inside the caller's transaction; events go to the outbox."""
+    return (await record_batches(conn, [(urn, raw_marks)], today, now))[0]
+
+
+async def record_batches(
+    conn: AsyncConnection, batches: list[tuple[str, list[Any]]], today: dt.date, now: dt.datetime
+) -> list[MarksResult]:
+    """``record_marks`` for several batches ``(school URN, marks)``, in order, with one set of
+    queries for them all (group commit: many small requests, perhaps of many schools).
+
+    The result is what sending them one after another would give: a later batch's mark for the
+    same session amends an earlier one's. Each result's rejection indexes are its own batch's.
+    Every school concerned is locked first, in one fixed order (no deadlock with other writers).
+    """
+    raw_marks = [raw for _, batch in batches for raw in batch]
+    outs = [Outcome() for _ in batches]
+    owner: list[int] = []  # the batch of each mark
+    offset: list[int] = []  # that batch's first index
+    start = 0
+    for number, (_, batch) in enumerate(batches):
+        owner.extend([number] * len(batch))
+        offset.append(start)
+        start += len(batch)
+
+    def reject(index: int, raw: Any, detail: str) -> None:
+        number = owner[index]
+        _reject(outs[number], index - offset[number], raw, detail)
+
+    candidates: list[tuple[int, MarkIn, str, str]] = []  # index, mark, normalised upn, category
+    # A batch repeats each pupil (one mark per session) and each (code, date): check each once.
+    upn_memo: dict[str, str | InvalidUPN] = {}
+    code_memo: dict[tuple[str, dt.date], str | CodeError] = {}
+    for index, shaped in enumerate(_shape_all(raw_marks)):
+        if isinstance(shaped, str):
+            reject(index, raw_marks[index], shaped)
+            continue
+        upn_or_error = upn_memo.get(shaped.upn)
+        if upn_or_error is None:
+            try:
+                upn_or_error = validate_upn(shaped.upn)
+            except InvalidUPN as exc:
+                upn_or_error = exc
+            upn_memo[shaped.upn] = upn_or_error
+        if isinstance(upn_or_error, InvalidUPN):
+            reject(index, raw_marks[index], f"upn: {upn_or_error.detail}")
+            continue
+        code_key = (shaped.code, shaped.date)
+        category = code_memo.get(code_key)
+        if category is None:
+            try:
+                category = lookup(shaped.code, shaped.date).category.value
+            except CodeError as exc:
+                category = exc
+            code_memo[code_key] = category
+        if isinstance(category, CodeError):
+            reject(index, raw_marks[index], f"code: {category.detail}")
+            continue
+        if shaped.date > today:
+            reject(index, raw_marks[index], "date: a mark cannot be recorded for a date after today")
+            continue
+        candidates.append((index, shaped, upn_or_error, category))
+
+    urns = sorted({urn for urn, _ in batches})
+    await lock_schools(conn, urns)
+    calendar_rows = (
+        await conn.execute(
+            select(t.calendars.c.school_urn, t.calendars.c.year, t.calendars.c.terms, t.calendars.c.closed)
+            .where(t.calendars.c.school_urn.in_(urns))
+            .order_by(t.calendars.c.school_urn, t.calendars.c.year)
+        )
+    ).all()
+    calendars = {urn: calendars_cached([r for r in calendar_rows if r.school_urn == urn]) for urn in urns}
+    enrolled = await _load_enrolments(conn, {(batches[owner[c[0]]][0], c[2]) for c in candidates})
+
+    valid: list[tuple[int, str, MarkIn, str, str]] = []
+    for index, mark, upn, category in candidates:
+        raw = raw_marks[index]
+        urn = batches[owner[index]][0]
+        if not calendars[urn].is_school_session(mark.date, mark.session):
+            reject(index, raw, f"date: {mark.date} {mark.session} is not a school session of this school")
+            continue
+        enrolment = enrolled.get((urn, upn))
+        if enrolment is None or not enrolment.on_roll(mark.date):
+            reject(index, raw, "upn: the pupil is not on this school's roll on that date")
+            continue
+        if mark.code == "X" and is_compulsory_school_age(enrolment.date_of_birth, mark.date):
+            reject(index, raw, "code: X is only for pupils outside compulsory school age")
+            continue
+        valid.append((index, urn, mark, upn, category))
+
+    if not valid:
+        return [out.result() for out in outs]
+    first = min(v[2].date for v in valid)
+    last = max(v[2].date for v in valid)
+    existing = await _load_existing(conn, {(v[1], v[3]) for v in valid}, first, last)
+
+    inserts: dict[MarkKey, MarkRow] = {}
+    updates: dict[MarkKey, MarkRow] = {}
+    history: list[HistoryRow] = []
+    events: list[tuple[str, str, str, bytes]] = []  # event id, key, type, CloudEvent JSON
+    ids = iter(new_event_ids(len(valid)))
+    encoded = _Encoded(dt.datetime.now(dt.UTC).isoformat())
+    for index, urn, mark, upn, category in valid:
+        out = outs[owner[index]]
+        day, session, code, late, recorded_at = (
+            mark.date,
+            mark.session,
+            mark.code,
+            mark.minutes_late,
+            mark.recorded_at,
+        )
+        key = (urn, upn, day, session)
+        before = existing.get(key)
+        if before is not None and before[0] == code:
+            out.unchanged += 1
+            continue
+        row: MarkRow = (urn, upn, day, session, code, late, recorded_at, now)
+        if before is None:
+            out.accepted += 1
+            inserts[key] = row
+            kind = _RECORDED
+            previous = None
+        else:
+            out.amended += 1
+            history.append((urn, upn, day, session, before[0], before[1], before[2], before[3], now, code))
+            kind = _AMENDED
+            previous = before[0]
+            if key in inserts:
+                inserts[key] = row  # amended within this batch: insert the final code once
+            else:
+                updates[key] = row
+        event_id = next(ids)
+        events.append(
+            (event_id, upn, kind, encoded.event(event_id, kind, urn, upn, mark, category, previous))
+        )
+        existing[key] = (code, late, recorded_at, now)
+
+    await _write(conn, list(inserts.values()), list(updates.values()), history)
+    await enqueue_encoded(conn, t.outbox, Topic.MARKS, events)
+    return [out.result() for out in outs]

@@ -952,3 +952,66 @@ async def test_inbox_makes_redelivery_harmless(db_url: str, db: AsyncEngine, kaf
     assert await consume_all() == 0  # redelivered: no second effect
     assert await count(applied) == 4
     assert await count(inbox) == 4
+
+
+# --- bulk paths (issue 8): group commit of small requests, COPY of large batches ----------------
+
+
+async def test_concurrent_small_requests_are_answered_each_as_if_alone(
+    db_url: str, db: AsyncEngine, kafka_bootstrap: str
+) -> None:
+    """Single-mark POSTs arriving together share a transaction but each gets its own answer."""
+    a, b = School.new(), School.new()
+    unknown = School.new()
+    async with ingest_client(db_url, kafka_bootstrap) as client:
+        await setup_school(client, a.urn, [a.pupil(i) for i in range(1, 11)])
+        await setup_school(client, b.urn, [b.pupil(i) for i in range(1, 11)])
+        posts = [
+            (s, [s.mark(i, day, "AM", "/")])
+            for s in (a, b)
+            for i in range(1, 11)
+            for day in ("2024-09-03", "2024-09-04")
+        ]
+        posts.append((a, [a.mark(1, "2024-09-05", "AM", "/"), a.mark(1, "2024-09-07", "AM", "/")]))
+        responses = await asyncio.gather(
+            *(client.post(s.marks_path, json={"marks": m}, headers=s.mis()) for s, m in posts),
+            client.post(unknown.marks_path, json={"marks": [unknown.mark(1, "2024-09-03", "AM", "/")]},
+                        headers=unknown.mis()),
+        )  # fmt: skip
+        *answers, missing = responses
+        assert missing.status_code == 404, missing.text
+        for r in answers[:-1]:
+            assert r.json() == {"accepted": 1, "amended": 0, "unchanged": 0, "rejected": []}, r.text
+        last = answers[-1].json()
+        assert (last["accepted"], [x["index"] for x in last["rejected"]]) == (1, [1])  # Saturday
+        assert len(await register(db, a.urn)) == 21
+        assert len(await register(db, b.urn)) == 20
+        events = await published_events(db, kafka_bootstrap, MARKS, lambda e: a.owns(e) or b.owns(e))
+        assert len(events) == 41
+        assert len({e[1]["id"] for e in events}) == 41
+
+
+async def test_large_batch_is_copied_and_amended_in_bulk(
+    db_url: str, db: AsyncEngine, kafka_bootstrap: str
+) -> None:
+    """A batch above the group-commit size (its own transaction, COPY on PostgreSQL)."""
+    s = School.new()
+    days = ["2024-09-03", "2024-09-04", "2024-09-05", "2024-09-06", "2024-09-09", "2024-09-10"]
+    batch = [s.mark(i, d, ses, "/") for i in range(1, 61) for d in days for ses in ("AM", "PM")]
+    assert len(batch) == 720
+    async with ingest_client(db_url, kafka_bootstrap) as client:
+        await setup_school(client, s.urn, [s.pupil(i) for i in range(1, 61)])
+        r = await client.post(s.marks_path, json={"marks": batch}, headers=s.mis())
+        assert r.json() == {"accepted": 720, "amended": 0, "unchanged": 0, "rejected": []}, r.text
+        again = [dict(m, code="N") if k % 72 == 0 else m for k, m in enumerate(batch)]
+        again.append(s.mark(99, "2024-09-03", "AM", "/"))  # not on roll
+        r = await client.post(s.marks_path, json={"marks": again}, headers=s.mis())
+        result = r.json()
+        assert (result["accepted"], result["amended"], result["unchanged"]) == (0, 10, 710), r.text
+        assert [x["index"] for x in result["rejected"]] == [720]
+        assert sum(1 for m in await register(db, s.urn) if m[3] == "N") == 10
+        assert len(await rows(db, select(t.mark_history).where(t.mark_history.c.school_urn == s.urn))) == 10
+        events = await published_events(db, kafka_bootstrap, MARKS, s.owns)
+        assert len(events) == 730
+        amended = [e for _, e, _ in events if e["type"] == "mark.amended"]
+        assert {(e["data"]["code"], e["data"]["previous_code"]) for e in amended} == {("N", "/")}

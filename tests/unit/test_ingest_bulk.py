@@ -1,0 +1,77 @@
+"""The ingest hot path's bulk shortcuts give exactly what the per-mark code gave."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import orjson
+
+from services.ingest.marks import SOURCE, _Encoded, _shape, _shape_all
+from services.ingest.schemas import MarkIn
+from shared.events import new_event, new_event_ids, new_traceparents
+
+
+def test_encoded_mark_event_is_orjson_of_the_envelope() -> None:
+    time = "2025-03-03T09:00:00.123456+00:00"
+    encoded = _Encoded(time)
+    cases: list[tuple[MarkIn, str | None]] = [
+        (MarkIn(upn="A343200018001", date=dt.date(2024, 9, 3), session="AM", code="/"), None),
+        (MarkIn(upn="A343200018001", date=dt.date(2024, 9, 3), session="PM", code="\\"), "/"),
+        (
+            MarkIn(
+                upn="A343200018001",
+                date=dt.date(2024, 9, 4),
+                session="AM",
+                code="L",
+                minutes_late=7,
+                recorded_at=dt.datetime(2024, 9, 4, 8, 55, 1, 5, tzinfo=dt.UTC),
+            ),
+            'N"',
+        ),
+    ]
+    for mark, previous in cases:
+        kind = "mark.recorded" if previous is None else "mark.amended"
+        data: dict[str, Any] = {
+            "school_urn": "104001",
+            "upn": mark.upn,
+            "date": mark.date.isoformat(),
+            "session": mark.session,
+            "code": mark.code,
+            "category": "present",
+            "minutes_late": mark.minutes_late,
+            "recorded_at": mark.recorded_at.isoformat() if mark.recorded_at else None,
+        }
+        if previous is not None:
+            data["previous_code"] = previous
+        event = new_event(kind, SOURCE, data, subject=mark.upn)
+        event["time"] = time
+        got = encoded.event(event["id"], kind, "104001", mark.upn, mark, "present", previous)
+        assert got == orjson.dumps(event)
+
+
+def test_bulk_shape_matches_one_by_one() -> None:
+    raw: list[Any] = [
+        {"upn": "A343200018001", "date": "2024-09-03", "session": "AM", "code": "/"},
+        {"upn": "A343200018001", "date": "2024-13-03", "session": "AM", "code": "/"},
+        ("a", "b"),
+        "not a mark",
+        {"upn": "A343200018001", "date": "2024-09-03", "session": "XX", "code": "", "extra": 1},
+        {"upn": "A343200018001", "date": "2024-09-04", "session": "PM", "code": "N", "minutes_late": 5},
+        {},
+    ]
+    assert _shape_all(raw) == [_shape(r) for r in raw]
+    good = raw[:1] * 3
+    assert _shape_all(good) == [_shape(r) for r in good]
+
+
+def test_bulk_ids_are_version_4_uuids_and_traceparents_share_a_trace() -> None:
+    ids = new_event_ids(1000)
+    assert len(set(ids)) == 1000
+    for i in ids:
+        parsed = uuid.UUID(i)
+        assert (str(parsed), parsed.version, parsed.variant) == (i, 4, uuid.RFC_4122)
+    parents = new_traceparents(3)
+    assert len({p.split("-")[1] for p in parents}) == 1
+    assert len({p.split("-")[2] for p in parents}) == 3
