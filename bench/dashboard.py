@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from bench.rules import fill_rules_db
 from bench.stack import free_port, start_service
 from deploy.kafka import Broker
-from services.rules import figures, recompute
+from services.rules import figures, recompute, reports
 from services.rules import tables as t
 from shared import kafka
 from shared.auth import mint_token
@@ -45,13 +45,7 @@ async def prepare(url: str, seed: int, scale: float) -> None:
     db = create_engine(url)
     try:
         async with db.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO register_days (school_urn, date, code, category, sessions) "
-                    "SELECT school_urn, date, code, MIN(category), COUNT(*) FROM register "
-                    "GROUP BY school_urn, date, code"
-                )
-            )
+            await reports.rebuild_sums(conn)
         policy, cache = load_policy(), recompute.CalendarCache()
         for i in range(0, len(upns), 1000):
             async with db.begin() as conn:

@@ -16,9 +16,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import tables as t
+from shared.calendar import week_start
 from shared.codes import CodeError, lookup
 from shared.db import upsert
 from shared.events import CloudEvent, EventType
+
+WEEK_COUNTS = ("present", "aea", "authorised", "unauthorised", "not_counted")
 
 
 @dataclass
@@ -39,8 +42,13 @@ async def apply(conn: AsyncConnection, events: Iterable[CloudEvent]) -> Changes:
     enrolments: dict[tuple[str, str], dict[str, Any]] = {}
     care: dict[str, dict[str, Any]] = {}
     days: dict[tuple[str, dt.date, str], dict[str, Any]] = {}
+    weeks: dict[tuple[str, dt.date, str], dict[str, Any]] = {}
 
-    def count(urn: str, day: dt.date, code: str, category: str, n: int) -> None:
+    def count(upn: str, urn: str, day: dt.date, code: str, category: str, n: int) -> None:
+        monday = week_start(day)
+        week = weeks.setdefault((urn, monday, upn), {"school_urn": urn, "week": monday, "upn": upn,
+                                                     **dict.fromkeys(WEEK_COUNTS, 0)})  # fmt: skip
+        week[category if category in WEEK_COUNTS else "not_counted"] += n
         row = days.setdefault((urn, day, code), {"school_urn": urn, "date": day, "code": code,
                                                  "category": category, "sessions": 0})  # fmt: skip
         row["sessions"] += n
@@ -50,9 +58,10 @@ async def apply(conn: AsyncConnection, events: Iterable[CloudEvent]) -> Changes:
         if event.type in (EventType.MARK_RECORDED, EventType.MARK_AMENDED):
             key = (d["upn"], d["school_urn"], d["date"], d["session"])
             day = _iso(d["date"])
-            count(d["school_urn"], day, d["code"], d["category"], 1)
+            count(d["upn"], d["school_urn"], day, d["code"], d["category"], 1)
             if event.type == EventType.MARK_AMENDED and d.get("previous_code"):
-                count(d["school_urn"], day, d["previous_code"], _category(d["previous_code"], day), -1)
+                previous = d["previous_code"]
+                count(d["upn"], d["school_urn"], day, previous, _category(previous, day), -1)
             register[key] = {
                 "upn": d["upn"],
                 "school_urn": d["school_urn"],
@@ -108,8 +117,15 @@ async def apply(conn: AsyncConnection, events: Iterable[CloudEvent]) -> Changes:
     await upsert(conn, t.enrolments, list(enrolments.values()), ["upn", "school_urn"])
     await upsert(conn, t.care, list(care.values()), ["upn"])
     await upsert(conn, t.register, list(register.values()), ["upn", "school_urn", "date", "session"])
-    await upsert(conn, t.register_days, [r for r in days.values() if r["sessions"]],
-                 ["school_urn", "date", "code"], add=("sessions",))  # fmt: skip
+    await upsert(
+        conn,
+        t.register_days,
+        [r for r in days.values() if r["sessions"]],
+        ["school_urn", "date", "code"],
+        add=("sessions",),
+    )
+    changed = [w for w in weeks.values() if any(w[c] for c in WEEK_COUNTS)]
+    await upsert(conn, t.register_weeks, changed, ["school_urn", "week", "upn"], add=WEEK_COUNTS)  # fmt: skip
     if changes.calendars:
         rows = await conn.execute(
             select(t.enrolments.c.upn).where(t.enrolments.c.school_urn.in_(sorted(changes.calendars)))

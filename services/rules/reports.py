@@ -20,7 +20,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import tables as t
@@ -280,6 +280,63 @@ async def enrolments_between(
         rate = c.rate(c.present + c.aea)
         counts[key] = (c, band_of(rate) if band_of and rate is not None else None)
     return await _with_attrs(conn, counts, school)
+
+
+async def rebuild_sums(conn: AsyncConnection) -> None:
+    """Recompute ``register_days`` and ``register_weeks`` from the register (after writing the
+    register directly, as the benchmarks do; the service keeps them by deltas)."""
+    monday = (
+        "CAST(date_trunc('week', date) AS date)"
+        if conn.dialect.name == "postgresql"
+        else "date(date, 'weekday 0', '-6 days')"
+    )
+    counted = ("present", "aea", "authorised", "unauthorised")
+    sums = ", ".join(f"SUM(CASE WHEN category = '{c}' THEN 1 ELSE 0 END)" for c in counted)
+    other = "SUM(CASE WHEN category IN ('present', 'aea', 'authorised', 'unauthorised') THEN 0 ELSE 1 END)"
+    await conn.execute(t.register_days.delete())
+    await conn.execute(t.register_weeks.delete())
+    await conn.execute(
+        text(
+            "INSERT INTO register_days (school_urn, date, code, category, sessions) "
+            "SELECT school_urn, date, code, MIN(category), COUNT(*) FROM register "
+            "GROUP BY school_urn, date, code"
+        )
+    )
+    await conn.execute(
+        text(
+            "INSERT INTO register_weeks (school_urn, week, upn, present, aea, authorised, unauthorised, "  # noqa: S608 - constants only
+            f"not_counted) SELECT school_urn, {monday}, upn, {sums}, {other} FROM register "
+            f"GROUP BY school_urn, {monday}, upn"
+        )
+    )
+
+
+async def enrolments_in_weeks(
+    conn: AsyncConnection, first_monday: dt.date, last_monday: dt.date, schools: Iterable[str]
+) -> list[Enrolment]:
+    """Per-enrolment counts over whole Monday–Sunday weeks of some schools, from the weekly sums
+    (for PA/SA over a period without reading the register)."""
+    w = t.register_weeks.c
+    q = (
+        select(
+            w.upn,
+            w.school_urn,
+            func.sum(w.present).label("present"),
+            func.sum(w.aea).label("aea"),
+            func.sum(w.authorised).label("authorised"),
+            func.sum(w.unauthorised).label("unauthorised"),
+            func.sum(w.not_counted).label("not_counted"),
+        )
+        .where(w.school_urn.in_(sorted(schools)), w.week >= first_monday, w.week <= last_monday)
+        .group_by(w.school_urn, w.upn)
+    )
+    counts: dict[tuple[str, str], tuple[Counts, str | None]] = {}
+    for r in await conn.execute(q):
+        c = Counts(present=int(r.present), aea=int(r.aea), authorised=int(r.authorised),
+                   unauthorised=int(r.unauthorised), not_counted=int(r.not_counted))  # fmt: skip
+        c.possible = c.present + c.aea + c.authorised + c.unauthorised
+        counts[(r.upn, r.school_urn)] = (c, None)
+    return await _with_attrs(conn, counts, None)
 
 
 async def _with_attrs(

@@ -109,6 +109,22 @@ register_days = Table(
 )
 Index("ix_register_days_date", register_days.c.date)
 
+# Sessions per enrolment and Monday–Sunday week by category, kept by deltas like register_days:
+# persistent and severe absence over any run of whole weeks (before/after comparisons) without
+# reading the register (about 40 rows a pupil a year instead of 380).
+register_weeks = Table(
+    "register_weeks",
+    metadata,
+    Column("school_urn", String(10), primary_key=True),
+    Column("week", Date, primary_key=True),
+    Column("upn", String(13), primary_key=True),
+    Column("present", Integer, nullable=False),
+    Column("aea", Integer, nullable=False),
+    Column("authorised", Integer, nullable=False),
+    Column("unauthorised", Integer, nullable=False),
+    Column("not_counted", Integer, nullable=False),
+)
+
 # The year-to-date assessment of each enrolment, as of its last recompute.
 assessments = Table(
     "assessments",

@@ -205,6 +205,12 @@ async def test_amendment_ends_the_threshold_episode(
         ("2024-09-02", 7, 1),  # Tue 3 – Fri 6 September: 8 sessions, the first amended to I
         ("2024-09-09", 2, 0),
     ]
+    async with rules.app.state.runtime.engine.connect() as conn:  # type: ignore[attr-defined]
+        (pupil_weeks,) = await reports.enrolments_in_weeks(
+            conn, dt.date(2024, 9, 2), dt.date(2024, 9, 9), [urn]
+        )
+    c = pupil_weeks.counts
+    assert (c.possible, c.unauthorised, c.authorised) == (10, 9, 1)
 
     def mine(e: dict[str, Any]) -> bool:
         return e["data"]["school_urn"] == urn and "penalty" in e["type"]

@@ -38,7 +38,7 @@ from services.rules.dashboard.session import (
 )
 from services.rules.settings import RulesSettings
 from shared.auth import Scope, mint_token
-from shared.calendar import AcademicYear
+from shared.calendar import AcademicYear, week_start
 from shared.problems import Problem
 from shared.service import Runtime
 
@@ -534,9 +534,10 @@ def add_routes(app: FastAPI) -> None:
         today = rt.today()
         year = AcademicYear.of(today)
         middle = year.first_day + (today - year.first_day) / 2
+        # Periods are whole Monday–Sunday weeks (PA/SA come from the weekly sums).
         periods = {
-            "before": (before_from or year.first_day, before_to or middle),
-            "after": (after_from or middle + dt.timedelta(days=1), after_to or today),
+            "before": weeks_of(before_from or year.first_day, before_to or middle),
+            "after": weeks_of(after_from or middle + dt.timedelta(days=7), after_to or today),
         }
         for name, (start, end) in periods.items():
             if end < start:
@@ -652,7 +653,7 @@ async def _compare_period(
             group.add(c)
         elif urn in known:
             rest.add(c)
-    enrolments = await reports.enrolments_between(conn, start, end, schools=chosen)
+    enrolments = await reports.enrolments_in_weeks(conn, start, end - dt.timedelta(days=6), chosen)
     s = reports.summary(enrolments)
     return {
         "group": {
@@ -663,6 +664,11 @@ async def _compare_period(
         },
         "rest": reports.measures(rest),
     }
+
+
+def weeks_of(start: dt.date, end: dt.date) -> tuple[dt.date, dt.date]:
+    """The Monday of ``start``'s week to the Sunday of ``end``'s week."""
+    return week_start(start), week_start(end) + dt.timedelta(days=6)
 
 
 def safe_next(target: str) -> str:
