@@ -190,7 +190,7 @@ def grouped(enrolments: list[Enrolment], group_by: str) -> list[dict[str, Any]]:
     return out
 
 
-def _attrs_query(school: str | None) -> Any:
+def _attrs_query(school: str | None, schools: Iterable[str] | None = None) -> Any:
     e, p, c, s = t.enrolments.c, t.pupils.c, t.care.c, t.schools.c
     q = (
         select(
@@ -214,6 +214,8 @@ def _attrs_query(school: str | None) -> Any:
         .join(t.schools, s.urn == e.school_urn)
         .outerjoin(t.care, c.upn == e.upn)
     )
+    if schools is not None:
+        q = q.where(e.school_urn.in_(sorted(schools)))
     return q.where(e.school_urn == school) if school else q
 
 
@@ -279,7 +281,7 @@ async def enrolments_between(
     for key, c in acc.items():
         rate = c.rate(c.present + c.aea)
         counts[key] = (c, band_of(rate) if band_of and rate is not None else None)
-    return await _with_attrs(conn, counts, school)
+    return await _with_attrs(conn, counts, school, schools)
 
 
 async def rebuild_sums(conn: AsyncConnection) -> None:
@@ -336,14 +338,17 @@ async def enrolments_in_weeks(
                    unauthorised=int(r.unauthorised), not_counted=int(r.not_counted))  # fmt: skip
         c.possible = c.present + c.aea + c.authorised + c.unauthorised
         counts[(r.upn, r.school_urn)] = (c, None)
-    return await _with_attrs(conn, counts, None)
+    return await _with_attrs(conn, counts, None, schools)
 
 
 async def _with_attrs(
-    conn: AsyncConnection, counts: dict[tuple[str, str], tuple[Counts, str | None]], school: str | None
+    conn: AsyncConnection,
+    counts: dict[tuple[str, str], tuple[Counts, str | None]],
+    school: str | None,
+    schools: Iterable[str] | None = None,
 ) -> list[Enrolment]:
     out = []
-    for row in await conn.execute(_attrs_query(school)):
+    for row in await conn.execute(_attrs_query(school, schools)):
         found = counts.get((row.upn, row.school_urn))
         if found is None:
             continue
