@@ -119,7 +119,9 @@ async def test_signals_from_kafka_open_a_case_and_legal_events_are_published(
     assert r.status_code == 201, r.text
     notice = r.json()
     runtime = legal.app.state.runtime  # type: ignore[attr-defined]
-    assert await worker.tick(runtime) == 1  # day 21 (17 Mar) is 10 school days away on 3 Mar
+    # Day 21 (17 Mar) is 10 school days away on 3 Mar: announced now (once: see the events below).
+    # Other tests' signals on the session broker may open cases here too, so count at least one.
+    assert await worker.tick(runtime) >= 1
     assert await worker.tick(runtime) == 0
 
     def mine(e: dict[str, Any]) -> bool:
