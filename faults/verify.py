@@ -200,9 +200,7 @@ async def verify(urls: dict[str, str], bootstrap: str, rx: Receiver, expected: E
     dup["episodes"] = len(have - want) + (len(rows) - len(have))
 
     # Signals: recorded by rules, published on Kafka, no episode started twice in a row.
-    rows = await _fetch(
-        urls["rules"], "SELECT id, type, upn, episode_key, occurred_on FROM signals ORDER BY seq"
-    )
+    rows = await _fetch(urls["rules"], SIGNALS)
     recorded = {r[0] for r in rows}
     on_kafka = await _signals_on_kafka(bootstrap)
     kafka_ids = {e["id"] for e in on_kafka}
