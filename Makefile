@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run down test test-fast lint bench report clean
+.PHONY: install run down test test-fast lint bench report faults clean
 
 install: $(STAMP)
 
@@ -28,11 +28,14 @@ test-fast: install  ## the pure unit tests only
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy shared services deploy borough bench
+	$(VENV)/bin/mypy shared services deploy borough bench faults
 	$(VENV)/bin/lint-imports
 
 bench: install  ## ingest throughput against real Kafka, SQLite and PostgreSQL
 	ROLLCALL_BENCH_POSTGRES_URL=$$(bash deploy/postgres.sh) $(PY) -m bench $(ARGS)
+
+faults: install  ## fault injection: a term replayed while services, Kafka and PostgreSQL are killed, e.g. ARGS="--rounds 3"
+	$(PY) -m faults $(ARGS)
 
 report: install  ## the annual borough report (HTML + PDF) from a running stack, e.g. ARGS="--year 2024-25"
 	$(PY) -m services.rules.dashboard.report $(ARGS)
