@@ -98,6 +98,9 @@ async def viewer_of(request: Request) -> Viewer:
                 "the notifications directory is not answering, so the dashboard cannot tell whether you "
                 "are a social worker; try again shortly",
             ) from exc  # fmt: skip
+        if len(_roles) > 10_000:  # one entry per live token: drop the stale ones
+            for stale in [k for k, v in _roles.items() if time.monotonic() - v[0] > ROLE_CACHE_SECONDS]:
+                del _roles[stale]
         cached = _roles[key] = (time.monotonic(), role, pupils)
     return Viewer(principal, token, cached[1], cached[2])
 
