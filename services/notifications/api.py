@@ -42,6 +42,7 @@ from services.notifications import alerts, routing, schemas, worker
 from services.notifications import tables as t
 from shared.auth import Principal, Scope, forbidden, require
 from shared.db import upsert
+from shared.fields import IsoDate
 from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 
@@ -410,7 +411,7 @@ def add_routes(app: FastAPI) -> None:
         signal: Annotated[str | None, Query(max_length=60)] = None,
         upn: Annotated[str | None, Query(max_length=13)] = None,
         school: Annotated[str | None, Query(pattern=r"^[0-9]{6,7}$")] = None,
-        occurred_on: Annotated[dt.date | None, Query(description="the session's date, e.g. today")] = None,
+        occurred_on: Annotated[IsoDate | None, Query(description="the session's date, e.g. today")] = None,
         cursor: Cursor = None,
         limit: Annotated[int, Query(ge=1, le=PAGE)] = 100,
     ) -> dict[str, Any]:  # fmt: skip
