@@ -197,7 +197,7 @@ def add_routes(app: FastAPI) -> None:
         school: Annotated[str | None, Query(pattern=r"^[0-9]{6,7}$")] = None,
         open: Annotated[bool | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     ) -> dict[str, Any]:
         """Cases the caller may see, oldest first, filtered by state, pupil, school or openness."""
         rt = rt_of(request)
