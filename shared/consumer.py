@@ -4,6 +4,15 @@ transaction, then commit the offsets (ARCHITECTURE principle 3).
 A consumer that dies after its transaction but before committing offsets gets the same events
 again; the inbox makes them no-ops. A record that is not a valid CloudEvent is logged (by topic,
 partition and offset only) and skipped, so one bad record cannot stall a partition.
+
+A batch the database refuses for its *data* (SQLSTATE class 22, data exception, or 23, integrity
+violation — e.g. text holding U+0000, which PostgreSQL cannot store) is applied again one event
+at a time, and an event refused on its own is logged by id and type and counted in
+``rollcall_events_unapplicable_total`` (alert on it), then skipped: retrying cannot change its
+data, and stalling the partition would stop every other pupil's events behind it — first-day
+alerts included (the CI run of 23 Nov: a fuzzed name with U+0000 stopped the PostgreSQL
+consumers). Every other failure (database down, deadlock, a bug) keeps the offsets and retries
+with backoff, so nothing is skipped because of a transient fault.
 """
 
 from __future__ import annotations
@@ -16,14 +25,20 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import Table
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import kafka
 from shared.events import CloudEvent, decode
 from shared.inbox import first_times
+from shared.observability import error_fields, sqlstate
 
 log = structlog.get_logger()
 CONSUMED = Counter("rollcall_events_consumed_total", "Events applied from Kafka", ["group", "topic"])
+UNAPPLICABLE = Counter(
+    "rollcall_events_unapplicable_total", "Events skipped: the database refused their data", ["group", "type"]
+)
+_DATA_ERRORS = ("22", "23")  # SQLSTATE classes: data exception, integrity constraint violation
 
 Handler = Callable[[AsyncConnection, list[CloudEvent]], Awaitable[None]]
 
@@ -56,7 +71,7 @@ class InboxConsumer:
                 await self._consumer.start()
                 return
             except Exception as exc:  # noqa: BLE001 - the broker may not be up yet
-                log.warning("consumer_start_retry", group=self._group, error_type=type(exc).__name__)
+                log.warning("consumer_start_retry", group=self._group, **error_fields(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
@@ -85,7 +100,8 @@ class InboxConsumer:
             await self._consumer.stop()
 
     async def apply(self, events: list[CloudEvent]) -> None:
-        """Apply the events not seen before, in one transaction; retried until it succeeds."""
+        """Apply the events not seen before, in one transaction; retried until it succeeds (or,
+        for data the database refuses, event by event, skipping the refused ones)."""
         delay = 0.5
         while True:
             try:
@@ -99,6 +115,23 @@ class InboxConsumer:
                     await self._handle(conn, once)
                 return
             except Exception as exc:  # noqa: BLE001 - keep the offsets; try again
-                log.error("consumer_apply_retry", group=self._group, error_type=type(exc).__name__)
+                if _refused_data(exc):
+                    if len(events) > 1:
+                        for event in events:
+                            await self.apply([event])
+                    else:
+                        log.error("event_unapplicable", group=self._group, event_id=events[0].id,
+                                  event_type=events[0].type, **error_fields(exc))  # fmt: skip
+                        UNAPPLICABLE.labels(self._group, events[0].type).inc()
+                    return
+                log.error("consumer_apply_retry", group=self._group, **error_fields(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
+
+
+def _refused_data(exc: Exception) -> bool:
+    """The database refused the data itself (retrying cannot help), not a fault or a bug."""
+    if isinstance(exc, IntegrityError | DataError):  # SQLite's constraint errors carry no SQLSTATE
+        return True
+    code = sqlstate(exc)
+    return code is not None and code[:2] in _DATA_ERRORS

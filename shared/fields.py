@@ -5,15 +5,44 @@ documented ``maxLength`` with spaces was silently accepted (schemathesis found i
 ``Annotated[str, StringConstraints(max_length=N), AfterValidator(strip_not_blank)]`` refuses it,
 and a value of only spaces is still refused where one is required. Dates and times in query
 strings: ISO 8601 only (``IsoDate``, ``IsoDateTime``).
+
+Every request body model derives from ``Body``: unknown fields are refused, and no text field
+may hold a control character (U+0000–U+001F except tab, line feed and carriage return, and
+U+007F). PostgreSQL cannot store U+0000 at all: a name with one was stored on SQLite, published
+on Kafka, and then stopped every PostgreSQL consumer of the registry (the CI run of 23 Nov).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_control_characters(value: Any) -> Any:
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _no_control_characters(item)
+    return value
+
+
+class Body(BaseModel):
+    """A request body: extra fields refused, control characters refused in every text field
+    (nested bodies are ``Body`` too, so they check their own fields)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        return _no_control_characters(value)
 
 
 def strip(value: str) -> str:

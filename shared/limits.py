@@ -12,6 +12,10 @@ says so, and when a streamed (chunked) body passes the limit while the handler r
 handler then stops before it writes anything. Bulk routes (ingest's marks and rosters) get
 ``ROLLCALL_MAX_BODY_BYTES``, every other route ``ROLLCALL_MAX_REQUEST_BYTES``.
 
+**Characters.** A URL whose path or query carries a percent-encoded control character
+(``%00``–``%1F``, ``%7F``) is a 400 problem before any handler runs: no identifier, date or filter
+contains one, and PostgreSQL cannot even compare text holding U+0000 (it would be a 500 there).
+
 ``/healthz``, ``/readyz`` and ``/metrics`` are exempt from both: probes and scrapers must never be
 throttled.
 """
@@ -19,6 +23,7 @@ throttled.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Collection
 from typing import Any
@@ -57,6 +62,22 @@ def too_large(limit: int) -> Problem:
     )
 
 
+_CONTROL_ESCAPE = re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF])")
+
+
+def _has_control_characters(scope: Scope) -> bool:
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    return bool(
+        _CONTROL_ESCAPE.search(raw_path)
+        or _CONTROL_ESCAPE.search(scope.get("query_string", b""))
+        or any(c < " " or c == "\x7f" for c in scope["path"])
+    )
+
+
+def control_characters() -> Problem:
+    return Problem(400, "bad-request", "Bad request", "the URL must not contain control characters")
+
+
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` when a streamed body passes its limit (FastAPI re-raises HTTPExceptions
     met while reading a body, and the problem handlers answer it as a 413 problem)."""
@@ -92,6 +113,9 @@ class RequestLimits:
             if refused is not None:
                 await problem_response(refused, scope["path"])(scope, receive, send)
                 return
+        if _has_control_characters(scope):
+            await problem_response(control_characters())(scope, receive, send)
+            return
         limit = self._body_limit(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
@@ -175,9 +199,11 @@ def _capped(receive: Receive, limit: int) -> Receive:
 
 
 def document_limits(schema: dict[str, Any]) -> dict[str, Any]:
-    """Declare the 429 (every API operation) and 413 (operations with a body) problems in an
-    OpenAPI document, in place."""
-    limited: dict[int | str, dict[str, Any]] = problem_responses({429: "Too many requests from this client"})
+    """Declare the 400 (control characters in the URL) and 429 (every API operation) and 413
+    (operations with a body) problems in an OpenAPI document, in place."""
+    limited: dict[int | str, dict[str, Any]] = problem_responses(
+        {400: "Malformed request", 429: "Too many requests from this client"}
+    )
     limited[429]["headers"] = {
         "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
     }
@@ -187,6 +213,7 @@ def document_limits(schema: dict[str, Any]) -> dict[str, Any]:
             continue
         for operation in item.values():
             responses = operation.setdefault("responses", {})
+            responses.setdefault("400", limited[400])
             responses.setdefault("429", limited[429])
             if "requestBody" in operation:
                 responses.setdefault("413", too_big)

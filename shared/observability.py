@@ -30,6 +30,30 @@ LATENCY = Histogram(
 log = structlog.get_logger()
 
 
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (asyncpg's own, or wrapped by SQLAlchemy), if any."""
+    for err in (exc, getattr(exc, "orig", None)):
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """What a log may say about a failure: the exception's type and, for a database error, the
+    driver's error class and SQLSTATE (e.g. ``TooManyConnectionsError``/``53300``). Never the
+    message: it can quote SQL parameters (UPNs, marks) or request data."""
+    fields = {"error_type": type(exc).__name__}
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        cause = orig.__cause__ or orig
+        fields["cause"] = type(cause).__name__
+        code = sqlstate(exc)
+        if code is not None:
+            fields["sqlstate"] = code
+    return fields
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
     renderer: structlog.typing.Processor = (

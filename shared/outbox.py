@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.db import asyncpg_connection
 from shared.events import new_traceparents
+from shared.observability import error_fields
 
 log = structlog.get_logger()
 
@@ -327,7 +328,7 @@ class OutboxRelay:
             except Exception as exc:  # noqa: BLE001 - any failure: keep the rows, retry later
                 self.healthy = False
                 self._published.set()  # release anyone waiting for room: the relay is not publishing
-                log.warning("outbox_relay_retry", error_type=type(exc).__name__)
+                log.warning("outbox_relay_retry", **error_fields(exc))
                 await asyncio.sleep(self._poll)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)

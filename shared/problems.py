@@ -12,6 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from shared.observability import error_fields
+
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger()
 
@@ -183,8 +185,8 @@ def install_problem_handlers(app: FastAPI) -> None:
             isinstance(exc, DBAPIError)
             and (exc.connection_invalidated or isinstance(exc.orig, OSError) or _is_unavailable(exc.orig))
         )
-        log.error("database_error" if lost else "unhandled_error", error_type=type(exc).__name__,
-                  cause=type(getattr(exc, "orig", None)).__name__, route=_route(request))  # fmt: skip
+        event = "database_error" if lost else "unhandled_error"
+        log.error(event, **error_fields(exc), route=_route(request))
         if lost:
             return problem_response(
                 Problem(503, "unavailable", "Service unavailable", "the database is unavailable; retry",
@@ -199,7 +201,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # The failure is logged with its type only: exception text can carry request data.
-        log.error("unhandled_error", error_type=type(exc).__name__, route=_route(request))
+        log.error("unhandled_error", **error_fields(exc), route=_route(request))
         return problem_response(
             Problem(500, "internal", "Internal error", "the server could not complete the request"),
             request.url.path,

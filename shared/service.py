@@ -26,7 +26,7 @@ from shared import kafka
 from shared.auth import TokenVerifier
 from shared.db import create_engine, ping
 from shared.limits import RequestLimits, document_limits
-from shared.observability import configure_logging, health_router, install
+from shared.observability import configure_logging, error_fields, health_router, install
 from shared.outbox import OutboxRelay
 from shared.policy import Policy, load_policy
 from shared.problems import install_problem_handlers
@@ -86,7 +86,7 @@ async def _start_producer(producer: AIOKafkaProducer) -> None:
             await producer.start()
             return
         except Exception as exc:  # noqa: BLE001 - the broker may not be up yet
-            log.warning("kafka_unavailable", error_type=type(exc).__name__, retry_in=delay)
+            log.warning("kafka_unavailable", **error_fields(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from shared.fields import strip, strip_not_blank
+from shared.fields import Body, strip, strip_not_blank
 
 # Lengths apply to the value as sent (as documented), then it is stripped (shared/fields.py).
 Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
@@ -15,10 +15,6 @@ LaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(strip_not_blank)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(strip_not_blank)]
 Postcode = Annotated[str, StringConstraints(max_length=10), AfterValidator(strip)]
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SchoolIn(Body):
@@ -44,7 +40,7 @@ class ClosureIn(Body):
 
 class CalendarIn(Body):
     terms: Annotated[list[TermIn], Field(min_length=1, max_length=12)]
-    closed: Annotated[list[ClosureIn], Field(max_length=400)] = []
+    closed: Annotated[list[ClosureIn], Field(max_length=400)] = []  # noqa: RUF012 - a pydantic default, copied per instance
 
 
 class ParentIn(Body):
@@ -67,7 +63,7 @@ class PupilIn(Body):
     fsm: bool
     sen: Literal["none", "support", "ehcp"]
     ehcp_la_code: LaCode | None = None
-    parents: Annotated[list[ParentIn], Field(max_length=6)] = []
+    parents: Annotated[list[ParentIn], Field(max_length=6)] = []  # noqa: RUF012 - a pydantic default, copied per instance
 
 
 class RosterIn(Body):

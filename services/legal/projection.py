@@ -37,6 +37,7 @@ from services.legal import tables as t
 from shared.csa import is_compulsory_school_age
 from shared.db import upsert
 from shared.events import CloudEvent, EventType
+from shared.observability import error_fields
 from shared.policy import Policy
 
 OPENS_CASE = frozenset({"penalty_threshold_met", "severe_absence_started"})
@@ -137,9 +138,7 @@ async def apply(
             batch.add(event)
         except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             # A malformed event must not stall the partition (the batch would be retried forever).
-            log.error(
-                "event_malformed", event_type=event.type, event_id=event.id, error_type=type(exc).__name__
-            )
+            log.error("event_malformed", event_type=event.type, event_id=event.id, **error_fields(exc))
     await upsert(conn, t.schools, list(batch.schools.values()), ["urn"])
     await upsert(conn, t.calendars, list(batch.calendars.values()), ["school_urn", "year"])
     await upsert(conn, t.pupils, list(batch.pupils.values()), ["upn"])

@@ -6,10 +6,10 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from services.legal.workflow import RecordKind, State
-from shared.fields import strip, strip_not_blank
+from shared.fields import Body, strip, strip_not_blank
 
 Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
 # Lengths apply to the value as sent (as documented), then it is stripped (shared/fields.py).
@@ -17,10 +17,6 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValida
 Name = Annotated[str, StringConstraints(max_length=200), AfterValidator(strip)]
 Officer = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(strip_not_blank)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=4000), AfterValidator(strip_not_blank)]
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ParentIn(Body):

@@ -25,6 +25,7 @@ from services.legal import workflow as wf
 from services.legal.clocks import SchoolDays
 from shared.consumer import InboxConsumer
 from shared.events import CloudEvent, Topic
+from shared.observability import error_fields
 from shared.service import Runtime
 
 log = structlog.get_logger()
@@ -114,4 +115,4 @@ async def schedule(rt: Runtime) -> None:
             if announced:
                 log.info("deadlines_announced", count=announced)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
-            log.error("scheduler_tick_failed", error_type=type(exc).__name__)
+            log.error("scheduler_tick_failed", **error_fields(exc))

@@ -42,6 +42,7 @@ from services.notifications import tables as t
 from services.notifications.alerts import alert_event, aware
 from services.notifications.settings import NotificationSettings
 from shared.events import Topic
+from shared.observability import error_fields
 from shared.outbox import enqueue, outbox_records
 
 log = structlog.get_logger()
@@ -132,7 +133,7 @@ class Deliverer:
                 try:
                     claimed = await self.claim(free)
                 except Exception as exc:  # noqa: BLE001 - the database may be busy: retry soon
-                    log.warning("delivery_claim_retry", error_type=type(exc).__name__)
+                    log.warning("delivery_claim_retry", **error_fields(exc))
                     await asyncio.sleep(self._settings.delivery_poll_seconds)
                     continue
                 for row in claimed:
@@ -352,7 +353,7 @@ class Deliverer:
             except Exception as exc:  # noqa: BLE001 - the database may be busy; retry
                 if delay is None:
                     # The rows stay leased to no one: they are attempted again when the lease ends.
-                    log.error("delivery_record_failed", error_type=type(exc).__name__, rows=len(batch))
+                    log.error("delivery_record_failed", **error_fields(exc), rows=len(batch))
                     return
-                log.warning("delivery_record_retry", error_type=type(exc).__name__)
+                log.warning("delivery_record_retry", **error_fields(exc))
                 await asyncio.sleep(delay)

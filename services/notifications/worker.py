@@ -23,6 +23,7 @@ from services.notifications.feed import AlertFeed
 from services.notifications.settings import NotificationSettings
 from shared.consumer import InboxConsumer
 from shared.events import CloudEvent, Topic
+from shared.observability import error_fields
 from shared.service import Runtime
 
 log = structlog.get_logger()
@@ -124,6 +125,6 @@ async def escalate(rt: Runtime) -> None:
             if due is not None:
                 wait = min(wait, max(0.0, (due - rt.now()).total_seconds()) + 0.01)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
-            log.error("escalation_tick_failed", error_type=type(exc).__name__)
+            log.error("escalation_tick_failed", **error_fields(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wire.escalation_wake.wait(), timeout=wait)

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.rules import reports
 from services.rules import tables as t
 from shared.calendar import AcademicYear
+from shared.observability import error_fields
 from shared.policy import Policy
 
 log = structlog.get_logger()
@@ -148,7 +149,7 @@ class FiguresCache:
             if task.cancelled():
                 return
             if (exc := task.exception()) is not None:
-                log.error("figures_build_failed", error_type=type(exc).__name__)
+                log.error("figures_build_failed", **error_fields(exc))
                 return
             figures = task.result()
             fresh = view not in self.snapshots or self.snapshots[view][1] is not figures
@@ -197,5 +198,5 @@ async def keep_fresh(rt: Any) -> None:
         try:
             await cache.get(rt.engine, rt.policy, view, rt.today(), rt.now())
         except Exception as exc:  # noqa: BLE001 - the next round tries again
-            log.error("figures_refresh_failed", error_type=type(exc).__name__)
+            log.error("figures_refresh_failed", **error_fields(exc))
         await asyncio.sleep(cache.max_age)

@@ -15,6 +15,7 @@ from services.rules import projection, recompute
 from services.rules import tables as t
 from shared.consumer import InboxConsumer
 from shared.events import CloudEvent, Topic
+from shared.observability import error_fields
 from shared.service import Runtime
 
 log = structlog.get_logger()
@@ -70,4 +71,4 @@ async def schedule(rt: Runtime) -> None:
             outcome = await tick(rt)
             log.info("scheduler_tick", pupils=outcome.pupils, signals=outcome.signals)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
-            log.error("scheduler_tick_failed", error_type=type(exc).__name__)
+            log.error("scheduler_tick_failed", **error_fields(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -86,6 +87,21 @@ async def test_hs256_needs_the_shared_secret() -> None:
     with pytest.raises(Problem) as exc:
         await verifier.verify(mint_token("another-secret-of-enough-length-000000", "mis", ["marks:write"]))
     assert exc.value.status == 401
+
+
+async def test_a_remembered_token_still_expires() -> None:
+    """The verified-token cache never outlives the token's exp (nor CACHE_SECONDS)."""
+    verifier = TokenVerifier(Settings(env="test"))
+    token = mint_token(DEV_JWT_SECRET, "ao-1", ["attendance:read"], ttl_seconds=2)
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) is first  # remembered: the same principal, no second check
+    await asyncio.sleep(2.2)  # exp = int(now) + 2: at least one second after the first check
+    with pytest.raises(Problem) as exc:
+        await verifier.verify(token)
+    assert (exc.value.status, exc.value.detail) == (401, "the token has expired")
+    long_lived = mint_token(DEV_JWT_SECRET, "ao-1", ["attendance:read"], ttl_seconds=3600)
+    await verifier.verify(long_lived)
+    assert verifier._verified[long_lived][1] <= time.time() + TokenVerifier.CACHE_SECONDS
 
 
 def test_production_refuses_the_default_secret() -> None:

@@ -642,6 +642,27 @@ async def test_invalid_registry_writes_are_422_and_write_nothing(
         )
         errors = assert_errors(assert_problem(r, 422))
         assert {(e["index"], e["field"]) for e in errors} == {(1, "pupils.1.sen"), (2, "pupils.2.fsm")}
+        # Control characters: PostgreSQL cannot store U+0000 (this was a 500 there, and on SQLite
+        # it reached Kafka and stopped the other services' PostgreSQL consumers).
+        r = await client.put(
+            pupils_path,
+            json={
+                "pupils": [
+                    s.pupil(3, given_name="Ann\x00"),
+                    s.pupil(4, parents=[{"id": "p1", "name": "B\x07ob"}]),
+                    s.pupil(5, family_name="Smith\tJones"),  # tab: allowed in text
+                ]
+            },
+            headers=school,
+        )
+        errors = assert_errors(assert_problem(r, 422))
+        assert {e["field"] for e in errors} == {"pupils.0.given_name", "pupils.1.parents.0.name"}
+        r = await client.put(f"/v1/schools/{s.urn}", json={**school_body(), "ward": "Linacre\x00"},
+                             headers=bearer("admin"))  # fmt: skip
+        assert assert_errors(assert_problem(r, 422))[0]["field"] == "ward"
+        for url in (f"/v1/schools/{s.urn}%00/pupils", f"/v1/schools/{s.urn}/marks?from=2024-09-02%00"):
+            r = await client.put(url, json={"pupils": [s.pupil(3)]}, headers=school)
+            assert assert_problem(r, 400)["detail"] == "the URL must not contain control characters"
         assert_errors(assert_problem(await client.put(pupils_path, json={"pupils": []}, headers=school), 422))
         assert_problem(await client.put(pupils_path, json=[s.pupil(3)], headers=school), 422)
 

@@ -8,6 +8,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from shared.observability import error_fields
 from shared.problems import install_problem_handlers
 
 UPN = "P343231622000"
@@ -41,3 +42,16 @@ async def test_database_gone_is_503_and_not_reraised(capsys: pytest.CaptureFixtu
         assert r.status_code == 500
     out = capsys.readouterr()
     assert UPN not in out.out + out.err
+
+
+class _DriverError(Exception):
+    sqlstate = "53300"
+
+
+def test_error_fields_name_the_driver_error_and_sqlstate_but_never_the_message() -> None:
+    cause = ConnectionResetError("connection to 10.0.0.7 for " + UPN)
+    orig = _DriverError("too many clients for " + UPN)
+    orig.__cause__ = cause
+    fields = error_fields(DBAPIError("SELECT * FROM pupils WHERE upn = $1", [UPN], orig))
+    assert fields == {"error_type": "DBAPIError", "cause": "ConnectionResetError", "sqlstate": "53300"}
+    assert error_fields(ValueError(UPN)) == {"error_type": "ValueError"}
