@@ -8,6 +8,7 @@ set it from ``deploy/postgres.sh``); without it they are skipped, and CI fails i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -51,10 +52,10 @@ def postgres_admin_url() -> str | None:
     return os.environ.get("ROLLCALL_TEST_POSTGRES_URL")
 
 
-@pytest.fixture
-def postgres_databases() -> Iterator[Callable[[], Awaitable[str]]]:
+@contextlib.contextmanager
+def postgres_maker() -> Iterator[Callable[[], Awaitable[str]]]:
     """Makes new, empty PostgreSQL databases (one per service: they own same-named tables);
-    all are dropped after the test."""
+    all are dropped on exit."""
     base = postgres_admin_url()
     if not base:
         if os.environ.get("CI"):
@@ -91,6 +92,13 @@ def postgres_databases() -> Iterator[Callable[[], Awaitable[str]]]:
             await conn.close()
 
     asyncio.run(drop())
+
+
+@pytest.fixture
+def postgres_databases() -> Iterator[Callable[[], Awaitable[str]]]:
+    """New, empty PostgreSQL databases for one test, dropped afterwards."""
+    with postgres_maker() as make:
+        yield make
 
 
 @pytest.fixture

@@ -1,11 +1,15 @@
 """schemathesis against each service's own OpenAPI document: bad input bounces.
 
-Each service runs in-process over ASGI on a fresh SQLite database migrated with its Alembic
-history, with the session's real Kafka broker. A small school (calendar, pupils, a week of marks)
-is pushed through ingest first, so rules and legal (which read it from Kafka) know real pupils,
-and generated requests sometimes name them. Tokens: LA-wide with every scope, school-scoped,
-scope-less, garbage, and none. Every response must pass schemathesis's checks (no 5xx; status,
-content type, headers and body as documented — problem bodies too; invalid data refused).
+Each service runs in-process over ASGI on a fresh database migrated with its Alembic history —
+SQLite, then PostgreSQL (fewer examples: ``ROLLCALL_FUZZ_EXAMPLES_POSTGRES``, default 15) — with the
+session's real Kafka broker. The PostgreSQL pass exists because PostgreSQL refuses what SQLite
+stores (U+0000 in text): a name fuzzed into SQLite once reached Kafka and stalled every PostgreSQL
+consumer of the registry. Its consumers also read the SQLite pass's fuzzed events from Kafka.
+A small school (calendar, pupils, a week of marks) is pushed through ingest first, so rules and
+legal (which read it from Kafka) know real pupils, and generated requests sometimes name them.
+Tokens: LA-wide with every scope, school-scoped, scope-less, garbage, and none. Every response
+must pass schemathesis's checks (no 5xx; status, content type, headers and body as documented —
+problem bodies too; invalid data refused).
 
 ``ROLLCALL_FUZZ_EXAMPLES`` (default 50) is the examples per operation; the counts are printed
 (``pytest -s``) and every failure found is listed in the assertion message.
@@ -13,9 +17,11 @@ content type, headers and body as documented — problem bodies too; invalid dat
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +29,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from shared.auth import Scope
 from shared.upn import make_upn
-from tests.conftest import token
-from tests.fuzz.harness import LiveService, Report, fuzz_service
+from tests.conftest import postgres_maker, token
+from tests.fuzz.harness import EXAMPLES, LiveService, Report, fuzz_service
 from tests.integration.ingest_fixtures import ADMIN, NOW, pupil, setup_school
 
 pytestmark = [
@@ -38,6 +44,39 @@ URN = "7380001"
 ESTAB = 7380
 UPNS = [make_upn(343, ESTAB, 18, n) for n in range(1, 4)]
 ALL_SCOPES = " ".join(s.value for s in Scope)
+EXAMPLES_POSTGRES = int(os.environ.get("ROLLCALL_FUZZ_EXAMPLES_POSTGRES", "15"))
+
+
+class Databases:
+    """One fresh database per service, of the module's kind."""
+
+    def __init__(self, kind: str, tmp: Path, make_postgres: Callable[[], Awaitable[str]] | None) -> None:
+        self.kind = kind
+        self.examples = EXAMPLES if kind == "sqlite" else EXAMPLES_POSTGRES
+        self._tmp = tmp
+        self._make_postgres = make_postgres
+
+    def url(self, service: str) -> str:
+        if self._make_postgres is None:
+            return f"sqlite+aiosqlite:///{self._tmp / f'{service}.db'}"
+        make = self._make_postgres
+
+        async def new() -> str:
+            return await make()
+
+        return asyncio.run(new())
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def databases(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Databases]:
+    tmp = tmp_path_factory.mktemp("fuzz-db")
+    if request.param == "sqlite":
+        yield Databases("sqlite", tmp, None)
+        return
+    with postgres_maker() as make:
+        yield Databases("postgres", tmp, make)
 
 
 def auth_headers(sub: str = "fuzz-admin") -> list[dict[str, str]]:
@@ -71,6 +110,9 @@ FOUND: dict[str, list[tuple[str, str, dict[str, str], bytes | None, int]]] = {
         # Lengths were checked after stripping: 201 characters of padding passed maxLength 200.
         ("PUT", f"/v1/schools/{URN}", {}, SCHOOL % (b"a" + b" " * 200), 422),
         ("PUT", f"/v1/schools/{URN}", {}, SCHOOL % b"   ", 422),
+        # U+0000 was stored on SQLite and stalled the PostgreSQL consumers it reached via Kafka.
+        ("PUT", f"/v1/schools/{URN}", {}, SCHOOL % b"Sch\\u0000ool", 422),
+        ("PUT", f"/v1/schools/{URN}%00/calendar/2024-25", {}, None, 400),
     ],
     "rules": [
         ("GET", "/v1/returns/attendance", {"month": "0000-01"}, None, 422),
@@ -78,6 +120,7 @@ FOUND: dict[str, list[tuple[str, str, dict[str, str], bytes | None, int]]] = {
         ("GET", "/v1/la/attendance", {"group_by": "school", "to": "0001-01-01"}, None, 422),
         ("GET", "/v1/la/attendance", {"from": "0.0"}, None, 422),
         ("GET", "/v1/signals", {"cursor": "25446115262176731136"}, None, 422),
+        ("GET", f"/v1/pupils/{UPNS[0]}%00/attendance", {}, None, 400),  # a 500 on PostgreSQL
     ],
     "legal": [("GET", "/v1/deadlines", {"before": "0"}, None, 422)],
     "notifications": [
@@ -108,12 +151,9 @@ def report(result: Report) -> None:
 
 
 @pytest.fixture(scope="module")
-def seeded_ingest(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+def seeded_ingest(kafka_bootstrap: str, databases: Databases) -> Iterator[LiveService]:
     """Ingest with a school, its calendar, three pupils and a week of marks (published to Kafka)."""
-    db = tmp_path_factory.mktemp("fuzz-ingest") / "ingest.db"
-    with LiveService(
-        "ingest", f"sqlite+aiosqlite:///{db}", kafka_bootstrap, **settings_for("ingest")
-    ) as live:
+    with LiveService("ingest", databases.url("ingest"), kafka_bootstrap, **settings_for("ingest")) as live:
         assert live.client is not None
         client = live.client
 
@@ -152,7 +192,7 @@ def wait_until_known(live: LiveService, path: str) -> None:
     pytest.fail(f"{live.service} never learned the seeded school ({path})")
 
 
-def test_ingest(seeded_ingest: LiveService) -> None:
+def test_ingest(seeded_ingest: LiveService, databases: Databases) -> None:
     replay_found(seeded_ingest)
     result = fuzz_service(
         seeded_ingest,
@@ -161,12 +201,13 @@ def test_ingest(seeded_ingest: LiveService) -> None:
         # CONTRACT "Marks rules": each mark is validated on its own, and a batch with invalid marks
         # is a 200 listing them in `rejected` (tests/fuzz/test_mark_batches.py checks exactly that).
         excluded={"POST /v1/schools/{urn}/marks": [negative_data_rejection]},
+        examples=databases.examples,
     )
     report(result)
 
 
-def test_rules(seeded_ingest: LiveService, kafka_bootstrap: str, tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'rules.db'}"
+def test_rules(seeded_ingest: LiveService, kafka_bootstrap: str, databases: Databases) -> None:
+    url = databases.url("rules")
     with LiveService("rules", url, kafka_bootstrap, clock=lambda: NOW, **settings_for("rules")) as live:
         wait_until_known(live, f"/v1/pupils/{UPNS[1]}/attendance")
         replay_found(live)
@@ -177,11 +218,11 @@ def test_rules(seeded_ingest: LiveService, kafka_bootstrap: str, tmp_path: Path)
         r = live.run(live.client.get(f"/v1/schools/{URN}/attendance", params=query, headers=headers))
         assert r.status_code == 200, r.text
         assert r.json()["period"] == {"from": "2024-09-01", "to": "2024-09-30"}
-        report(fuzz_service(live, auth_headers(), {"urn": [URN], "upn": UPNS}))
+        report(fuzz_service(live, auth_headers(), {"urn": [URN], "upn": UPNS}, examples=databases.examples))
 
 
-def test_legal(seeded_ingest: LiveService, kafka_bootstrap: str, tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'legal.db'}"
+def test_legal(seeded_ingest: LiveService, kafka_bootstrap: str, databases: Databases) -> None:
+    url = databases.url("legal")
     with LiveService("legal", url, kafka_bootstrap, clock=lambda: NOW, **settings_for("legal")) as live:
         assert live.client is not None
         client = live.client
@@ -207,15 +248,16 @@ def test_legal(seeded_ingest: LiveService, kafka_bootstrap: str, tmp_path: Path)
                 time.sleep(0.5)  # legal has not consumed the pupil yet
         assert case_id is not None, "legal never learned the seeded pupil"
         replay_found(live)
-        report(fuzz_service(live, auth_headers(), {"case_id": [case_id], "upn": UPNS, "urn": [URN]}))
+        known = {"case_id": [case_id], "upn": UPNS, "urn": [URN]}
+        report(fuzz_service(live, auth_headers(), known, examples=databases.examples))
 
 
 def test_notifications(
-    seeded_ingest: LiveService, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seeded_ingest: LiveService, kafka_bootstrap: str, databases: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROLLCALL_SSE_MAX_SECONDS", "0.2")  # the stream endpoint answers promptly
     monkeypatch.setenv("ROLLCALL_SSE_HEARTBEAT_SECONDS", "0.1")
-    url = f"sqlite+aiosqlite:///{tmp_path / 'notifications.db'}"
+    url = databases.url("notifications")
     with LiveService(
         "notifications", url, kafka_bootstrap, clock=lambda: NOW, **settings_for("notifications")
     ) as live:
@@ -228,4 +270,4 @@ def test_notifications(
         assert r.status_code == 200, r.text
         replay_found(live)
         known = {"id": ["sw-1"], "upn": UPNS, "urn": [URN], "seq": ["1"]}
-        report(fuzz_service(live, auth_headers(), known))
+        report(fuzz_service(live, auth_headers(), known, examples=databases.examples))
