@@ -80,7 +80,8 @@ async def asyncpg_connection(conn: AsyncConnection) -> Any | None:
     return raw.driver_connection
 
 
-def _lock_key(name: str) -> int:
+def lock_key(name: str) -> int:
+    """A stable 64-bit key for a PostgreSQL advisory lock named ``name``."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
@@ -91,14 +92,14 @@ async def lock_school(conn: AsyncConnection, urn: str) -> None:
     school would otherwise both read a mark's old code and both report it as ``amended`` from it.
     """
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(f"school:{urn}")})
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"school:{urn}")})
 
 
 async def lock_schools(conn: AsyncConnection, urns: list[str]) -> None:
     """``lock_school`` for several schools in one statement, in one fixed (key) order, so two
     transactions locking overlapping sets can never wait on each other in a cycle."""
     if conn.dialect.name == "postgresql" and urns:
-        keys = sorted({_lock_key(f"school:{urn}") for urn in urns})
+        keys = sorted({lock_key(f"school:{urn}") for urn in urns})
         if len(keys) == 1:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": keys[0]})
         else:

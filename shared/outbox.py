@@ -7,8 +7,14 @@ A process killed between commit and publish loses nothing: the rows are still th
 relay publishes them. A crash after send but before delete republishes a few events; consumers
 de-duplicate by event id (the inbox).
 
-One relay runs per service database (inside the service process). Rows are published in
-``seq`` order, which keeps the per-pupil order that consumers rely on.
+Rows are published in ``seq`` order, which keeps the per-pupil order that consumers rely on. So
+one relay publishes per database at a time, however many processes of a service run on it: on
+PostgreSQL each process's relay tries to take a session advisory lock named after the outbox
+table (``pg_try_advisory_lock``, on a connection the leader keeps, idle outside a transaction);
+the holder publishes, the others try again every ``poll_seconds`` and take over within about a
+second when the leader's process or connection dies (the lock goes with its session). A leader
+that lost its connection without noticing could overlap a new one for a moment: a few events
+published twice, which consumers de-duplicate. SQLite is one process: always the leader.
 
 Throughput (issue 8): rows are written with one COPY on PostgreSQL; the relay reads with the
 driver directly (no per-row SQLAlchemy processing), caches each key's partition, sends whole
@@ -42,10 +48,11 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.db import asyncpg_connection
+from shared.db import asyncpg_connection, lock_key
 from shared.events import new_traceparents
 from shared.observability import error_fields
 
@@ -155,7 +162,46 @@ class OutboxRelay:
         self._max_backlog = max_backlog
         self._pending = 0  # events this process committed and has not yet seen published
         self._published = asyncio.Event()
+        self._leader: AsyncConnection | None = None  # PostgreSQL: the session holding the lock
         self.healthy = False
+
+    @property
+    def leading(self) -> bool:
+        return self._engine.dialect.name != "postgresql" or self._leader is not None
+
+    async def _lead(self) -> bool:
+        """Take (or check we still hold) the relay lock of this outbox table; True if we lead."""
+        if self._engine.dialect.name != "postgresql":
+            return True
+        if self._leader is not None:
+            try:
+                await self._leader.execute(text("SELECT 1"))
+                await self._leader.commit()
+                return True
+            except Exception as exc:  # noqa: BLE001 - the session (and its lock) is gone
+                log.warning("outbox_relay_lost_lead", **error_fields(exc))
+                await self._resign()
+                return False
+        conn = await self._engine.connect()
+        try:
+            key = lock_key(f"outbox:{self._table.name}")
+            got = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
+            await conn.commit()  # the session lock outlives the transaction; never idle in one
+        except BaseException:
+            await conn.close()
+            raise
+        if not got:
+            await conn.close()
+            return False
+        self._leader = conn
+        log.info("outbox_relay_leading", table=self._table.name)
+        return True
+
+    async def _resign(self) -> None:
+        conn, self._leader = self._leader, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()  # closing the session releases the advisory lock
 
     def wake(self, events: int = 0) -> None:
         """Call after committing outbox rows (``events`` of them, if known: see ``room``)."""
@@ -168,10 +214,17 @@ class OutboxRelay:
 
         Ingest and its relay share one process (one core under the GIL): without this the API
         takes batches faster than the relay publishes them and the backlog grows without bound.
-        Never waits when the relay is not publishing (Kafka down, relay disabled): durable first.
+        Never waits when this relay is not publishing (Kafka down, relay disabled, another
+        process's relay leads): durable first.
         """
         deadline = time.monotonic() + wait_seconds
-        while self._max_backlog and self._pending > self._max_backlog and self.healthy and not self._stopping:
+        while (
+            self._max_backlog
+            and self._pending > self._max_backlog
+            and self.healthy
+            and self.leading
+            and not self._stopping
+        ):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -180,8 +233,11 @@ class OutboxRelay:
                 await asyncio.wait_for(self._published.wait(), timeout=left)
 
     async def publish_once(self) -> int:
-        """Publish one batch of pending rows in commit order; returns how many were published."""
+        """Publish one batch of pending rows in commit order; returns how many were published
+        (0 when another process's relay leads: it publishes them)."""
         async with self._lock:
+            if not await self._lead():
+                return 0
             rows = await self._fetch(after=None)
             if rows:
                 await self._settle(await self._send(rows), rows)
@@ -318,21 +374,25 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until stopped; errors are logged and retried after a pause (nothing is dropped)."""
-        while not self._stopping:
-            try:
-                async with self._lock:
-                    await self._pump()
-                self.healthy = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure: keep the rows, retry later
-                self.healthy = False
-                self._published.set()  # release anyone waiting for room: the relay is not publishing
-                log.warning("outbox_relay_retry", **error_fields(exc))
-                await asyncio.sleep(self._poll)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
-            self._wake.clear()
+        try:
+            while not self._stopping:
+                try:
+                    async with self._lock:
+                        if await self._lead():
+                            await self._pump()
+                    self.healthy = True
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure: keep the rows, retry later
+                    self.healthy = False
+                    self._published.set()  # release anyone waiting for room: the relay is not publishing
+                    log.warning("outbox_relay_retry", **error_fields(exc))
+                    await asyncio.sleep(self._poll)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                self._wake.clear()
+        finally:
+            await self._resign()
 
     def stop(self) -> None:
         self._stopping = True

@@ -1,0 +1,105 @@
+"""Several processes of one service on one PostgreSQL database: exactly one relay publishes the
+shared outbox at a time, and another takes over when the leader stops (real Kafka, real
+PostgreSQL; each relay has its own engine and producer, as separate processes would)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import MetaData, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shared import kafka
+from shared.events import new_event
+from shared.outbox import OutboxRelay, enqueue, outbox_records, outbox_table
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+metadata = MetaData()
+OUTBOX = outbox_table(metadata)
+
+
+async def add(engine: AsyncEngine, topic: str, n: int, tag: str) -> None:
+    events = [(f"pupil-{i % 50}", new_event("test.event", "/test", {"n": i, "tag": tag})) for i in range(n)]
+    async with engine.begin() as conn:
+        await enqueue(conn, OUTBOX, outbox_records(topic, events))
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 60) -> None:
+    async with asyncio.timeout(seconds):
+        while not await check():  # noqa: ASYNC110 - polling the database and a consumer
+            await asyncio.sleep(0.05)
+
+
+async def test_one_relay_leads_per_database_and_another_takes_over(
+    postgres_url: str, kafka_bootstrap: str
+) -> None:
+    topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    engines = [create_async_engine(postgres_url) for _ in range(3)]
+    async with engines[0].begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    producers = [kafka.producer(kafka_bootstrap) for _ in engines]
+    relays = [
+        OutboxRelay(e, OUTBOX, p, batch=500, poll_seconds=0.2)
+        for e, p in zip(engines, producers, strict=True)
+    ]
+    seen: Counter[str] = Counter()
+    consumer = kafka.consumer(kafka_bootstrap, None, topic)
+    await consumer.start()
+
+    async def listen() -> None:
+        async for record in consumer:
+            seen[dict(record.headers)["ce_id"].decode()] += 1
+
+    async def published(n: int) -> bool:
+        """``n`` distinct events read from Kafka and the outbox empty (deleted once acknowledged)."""
+        async with engines[0].connect() as conn:
+            left = (await conn.execute(select(func.count()).select_from(OUTBOX))).scalar()
+        return len(seen) == n and left == 0
+
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(listen())]
+    try:
+        for p in producers:
+            await p.start()
+        # Two processes' worth of events before any relay runs, then more while all three run.
+        await add(engines[1], topic, 1000, "before")
+        await add(engines[2], topic, 1000, "before")
+        tasks += [asyncio.create_task(r.run()) for r in relays]
+        for i in range(5):
+            await add(engines[i % 3], topic, 400, "during")
+        await until(lambda: published(4000))
+        leaders = [r for r in relays if r.leading]
+        assert len(leaders) == 1
+
+        # The leader's process stops: another relay takes the lock and publishes what follows.
+        first = relays.index(leaders[0])
+        leaders[0].stop()
+        await tasks[1 + first]
+        await add(engines[first], topic, 500, "after")
+        await until(lambda: published(4500))
+        assert sum(r.leading for r in relays) == 1
+        assert not relays[first].leading
+        await asyncio.sleep(0.5)  # room for any stray second copy to arrive
+        assert max(seen.values()) == 1, "an event was published twice"
+    finally:
+        for r in relays:
+            r.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await consumer.stop()
+        for p in producers:
+            await p.stop()
+        for e in engines:
+            await e.dispose()
