@@ -8,6 +8,7 @@ PostgreSQL serialises writers per school with a transaction-scoped advisory lock
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -98,15 +99,41 @@ async def lock_school(conn: AsyncConnection, urn: str) -> None:
 async def lock_schools(conn: AsyncConnection, urns: list[str]) -> None:
     """``lock_school`` for several schools in one statement, in one fixed (key) order, so two
     transactions locking overlapping sets can never wait on each other in a cycle."""
-    if conn.dialect.name == "postgresql" and urns:
-        keys = sorted({lock_key(f"school:{urn}") for urn in urns})
-        if len(keys) == 1:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": keys[0]})
-        else:
-            await conn.execute(
-                text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-                {"keys": keys},
-            )
+    await _lock_keys(conn, {lock_key(f"school:{urn}") for urn in urns})
+
+
+PUPIL_LOCK_BUCKETS = 256
+
+
+async def lock_pupils(conn: AsyncConnection, upns: Iterable[str]) -> None:
+    """Serialise work on the same pupils across processes until the transaction ends (no-op on
+    SQLite). UPNs are hashed into ``PUPIL_LOCK_BUCKETS`` locks, so a batch of thousands of pupils
+    takes at most 256 (PostgreSQL's shared lock table holds ~6,400 by default): two transactions
+    on different pupils of one bucket wait for each other, which is rare and only slower."""
+    await _lock_keys(conn, {lock_key(f"pupils:{lock_key(upn) % PUPIL_LOCK_BUCKETS}") for upn in upns})
+
+
+async def _lock_keys(conn: AsyncConnection, keys: set[int]) -> None:
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    ordered = sorted(keys)
+    if len(ordered) == 1:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ordered[0]})
+    else:
+        await conn.execute(
+            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": ordered},
+        )
+
+
+async def try_lock(conn: AsyncConnection, name: str) -> bool:
+    """Take the lock ``name`` until the transaction ends if nobody holds it; False if another
+    transaction does (SQLite, one process: always True). For periodic work that one instance of a
+    service should do at a time (schedulers): the others skip their turn."""
+    if conn.dialect.name != "postgresql":
+        return True
+    got = await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+    return bool(got.scalar())
 
 
 async def upsert(

@@ -24,6 +24,7 @@ from services.legal import tables as t
 from services.legal import workflow as wf
 from services.legal.clocks import SchoolDays
 from shared.consumer import InboxConsumer
+from shared.db import try_lock
 from shared.events import CloudEvent, Topic
 from shared.observability import error_fields
 from shared.service import Runtime
@@ -58,6 +59,8 @@ async def tick(rt: Runtime) -> int:
     dl, c = t.deadlines.c, t.cases.c
     announced = 0
     async with rt.engine.begin() as conn:
+        if not await try_lock(conn, "legal:scheduler"):
+            return 0  # another legal process is announcing right now
         rows = (
             await conn.execute(
                 select(t.deadlines, c.upn, c.school_urn, c.lead_officer, c.state)

@@ -22,6 +22,7 @@ from services.notifications.delivery import Deliverer
 from services.notifications.feed import AlertFeed
 from services.notifications.settings import NotificationSettings
 from shared.consumer import InboxConsumer
+from shared.db import try_lock
 from shared.events import CloudEvent, Topic
 from shared.observability import error_fields
 from shared.service import Runtime
@@ -104,6 +105,8 @@ async def deliver(rt: Runtime) -> None:
 async def tick(rt: Runtime) -> alerts.Outcome:
     """Escalate what is due as of the runtime's clock."""
     async with rt.engine.begin() as conn:
+        if not await try_lock(conn, "notifications:escalation"):
+            return alerts.Outcome()  # another notifications process is escalating right now
         outcome = await alerts.escalate_due(conn, context(rt))
     if outcome.escalated:
         wiring(rt).committed(rt)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.rules import engine
 from services.rules import tables as t
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
-from shared.db import upsert
+from shared.db import lock_pupils, upsert
 from shared.events import Topic, new_event
 from shared.outbox import enqueue, outbox_records
 from shared.policy import Policy
@@ -236,8 +236,14 @@ async def recompute(
     today: dt.date,
     now: dt.datetime,
 ) -> Outcome:
-    """Recompute ``upns`` inside the caller's transaction; signals go to the outbox."""
+    """Recompute ``upns`` inside the caller's transaction; signals go to the outbox.
+
+    The pupils are locked first (``lock_pupils``): with several rules processes on one database
+    (partitions shared by a consumer group, a scheduler in each), two recomputes of one pupil —
+    say a mark on one partition and its school's calendar change on another — are serialised,
+    so an episode is never diffed twice against the same stored state (a signal published twice)."""
     wanted = sorted(set(upns))
+    await lock_pupils(conn, wanted)
     inputs = await load_inputs(conn, wanted, cache)
     if not inputs:
         return Outcome()

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.rules import projection, recompute
 from services.rules import tables as t
 from shared.consumer import InboxConsumer
+from shared.db import try_lock
 from shared.events import CloudEvent, Topic
 from shared.observability import error_fields
 from shared.service import Runtime
@@ -57,6 +58,8 @@ async def consume(rt: Runtime) -> None:
 async def tick(rt: Runtime) -> recompute.Outcome:
     """Recompute the pupils whose signals can change with time alone, as of the runtime's clock."""
     async with rt.engine.begin() as conn:
+        if not await try_lock(conn, "rules:scheduler"):
+            return recompute.Outcome()  # another rules process is ticking right now
         upns = await recompute.pupils_to_watch(conn)
         outcome = await recompute.recompute(conn, upns, rt.policy, calendar_cache(rt), rt.today(), rt.now())
     if outcome.signals:
