@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from shared.fields import Body, strip, strip_not_blank
+from shared.fields import Body, IsoDate, IsoDateTime, strip, strip_not_blank
 
 # Lengths apply to the value as sent (as documented), then it is stripped (shared/fields.py).
 Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
@@ -28,12 +27,12 @@ class SchoolIn(Body):
 
 
 class TermIn(Body):
-    start: dt.date
-    end: dt.date
+    start: IsoDate
+    end: IsoDate
 
 
 class ClosureIn(Body):
-    date: dt.date
+    date: IsoDate
     session: Literal["AM", "PM", "ALL"]
     reason: Annotated[str, StringConstraints(max_length=200)] = ""
 
@@ -52,14 +51,14 @@ class PupilIn(Body):
     upn: Annotated[str, StringConstraints(min_length=1, max_length=20)]
     given_name: ShortText
     family_name: ShortText
-    date_of_birth: dt.date
+    date_of_birth: IsoDate
     sex: Literal["F", "M", "X"] | None = None
     year_group: Annotated[str, StringConstraints(pattern=r"^(N1|N2|R|[1-9]|1[0-4])$")]
     home_la_code: LaCode
     home_postcode: Postcode | None = None
     ward: ShortText | None = None
-    admission_date: dt.date
-    leaving_date: dt.date | None = None
+    admission_date: IsoDate
+    leaving_date: IsoDate | None = None
     fsm: bool
     sen: Literal["none", "support", "ehcp"]
     ehcp_la_code: LaCode | None = None
@@ -77,8 +76,8 @@ class RosterResult(BaseModel):
 
 
 class PartTimeTimetable(Body):
-    start: dt.date
-    end: dt.date | None = None
+    start: IsoDate
+    end: IsoDate | None = None
 
 
 class CareIn(Body):
@@ -94,11 +93,11 @@ class MarkIn(Body):
     """One mark of a batch; validated on its own so one bad row never sinks the batch."""
 
     upn: Annotated[str, StringConstraints(min_length=1, max_length=20)]
-    date: dt.date
+    date: IsoDate
     session: Literal["AM", "PM"]
     code: Annotated[str, StringConstraints(min_length=1, max_length=3)]
     minutes_late: Annotated[int, Field(ge=0, le=300)] | None = None
-    recorded_at: dt.datetime | None = None
+    recorded_at: IsoDateTime | None = None
 
 
 class Rejection(BaseModel):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from decimal import Decimal
 from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from services.legal.workflow import RecordKind, State
-from shared.fields import Body, strip, strip_not_blank
+from shared.fields import Body, IsoDate, strip, strip_not_blank
 
 Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
 # Lengths apply to the value as sent (as documented), then it is stripped (shared/fields.py).
@@ -29,7 +28,7 @@ class CaseIn(Body):
     school_urn: Urn
     parents: Annotated[list[ParentIn], Field(min_length=1, max_length=6)]
     lead_officer: Officer
-    opened_on: dt.date | None = None  # default today; earlier to record a case already running
+    opened_on: IsoDate | None = None  # default today; earlier to record a case already running
 
 
 class CasePatch(Body):
@@ -40,38 +39,38 @@ class CasePatch(Body):
 class TransitionIn(Body):
     to: State
     reason: Reason
-    effective_on: dt.date | None = None
+    effective_on: IsoDate | None = None
     improvement_school_weeks: Annotated[int, Field(ge=1, le=52)] | None = None  # Notice to Improve only
 
 
 class PenaltyNoticeIn(Body):
     parent_id: Id
-    issued_on: dt.date
+    issued_on: IsoDate
     offence_id: Id | None = None  # default: the latest offence this parent has no notice for
 
 
 class PaymentIn(Body):
-    paid_on: dt.date
+    paid_on: IsoDate
     amount: Annotated[Decimal, Field(gt=0, max_digits=8, decimal_places=2)]
 
 
 class WithdrawalIn(Body):
     reason: Reason
-    withdrawn_on: dt.date | None = None
+    withdrawn_on: IsoDate | None = None
 
 
 class RecordIn(Body):
     kind: RecordKind
     text: Reason
-    on: dt.date | None = None
+    on: IsoDate | None = None
     years: Annotated[int, Field(ge=1, le=10)] | None = None  # eso_extended only
 
 
 class OffenceIn(Body):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    start: dt.date = Field(alias="from")
-    end: dt.date = Field(alias="to")
+    start: IsoDate = Field(alias="from")
+    end: IsoDate = Field(alias="to")
     reason: Reason
 
     @model_validator(mode="after")

@@ -651,12 +651,14 @@ async def test_invalid_registry_writes_are_422_and_write_nothing(
                     s.pupil(3, given_name="Ann\x00"),
                     s.pupil(4, parents=[{"id": "p1", "name": "B\x07ob"}]),
                     s.pupil(5, family_name="Smith\tJones"),  # tab: allowed in text
+                    s.pupil(6, date_of_birth=1262304000),  # a number is not an ISO date (1 Jan 2010)
                 ]
             },
             headers=school,
         )
         errors = assert_errors(assert_problem(r, 422))
-        assert {e["field"] for e in errors} == {"pupils.0.given_name", "pupils.1.parents.0.name"}
+        fields = {e["field"] for e in errors}
+        assert fields == {"pupils.0.given_name", "pupils.1.parents.0.name", "pupils.3.date_of_birth"}
         r = await client.put(f"/v1/schools/{s.urn}", json={**school_body(), "ward": "Linacre\x00"},
                              headers=bearer("admin"))  # fmt: skip
         assert assert_errors(assert_problem(r, 422))[0]["field"] == "ward"
