@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
+from bench import summary
 from bench.rules import fill_rules_db
 from bench.stack import free_port, start_service
 from deploy.kafka import Broker
@@ -165,6 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         wall = [w for _, w in samples]
         print(f"{name:28} {statistics.median(server):9.1f}ms {pct(server, 0.95):9.1f}ms "
               f"{max(server):9.1f}ms {statistics.median(wall):13.1f}ms")  # fmt: skip
+    slowest = max(results, key=lambda name: pct([s for s, _ in results[name]], 0.95))
+    worst = pct([s for s, _ in results[slowest]], 0.95)
+    summary.add(
+        f"dashboard pages, scale {args.scale} (server p95)", "< 300 ms", f"slowest {slowest}: {worst:,.1f} ms"
+    )
 
 
 if __name__ == "__main__":

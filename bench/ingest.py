@@ -37,6 +37,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench import summary
 from bench.stack import ROOT, free_port, start_service
 from deploy.kafka import Broker
 from shared import kafka
@@ -215,6 +216,17 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
     for backend, r in rows:
         b, s = r["batch"], r["single"]
         bl, sl = b["latency_ms"], s["latency_ms"]
+        summary.add(
+            f"ingest {backend}: durable marks/s ({args.duration:g} s)",
+            "≥ 50,000 (PostgreSQL)",
+            f"{b['mark_rate']:,.0f} (published {r['published_per_s']:,.0f}/s, "
+            f"max backlog {r['max_backlog']:,.0f})",
+        )
+        summary.add(
+            f"ingest {backend}: single-mark POSTs",
+            "1,000/s, p99 < 50 ms",
+            f"{s['request_rate']:,.0f}/s, p99 {sl['p99']:,.1f} ms",
+        )
         print(
             f"{backend:<11}{b['mark_rate']:>10.0f}{r['published_per_s']:>12.0f}{r['max_backlog']:>12.0f}"
             f"{bl['p50']:>10.0f}{bl['p99']:>8.0f}{r['cpu_per_100k']:>11.2f}{s['request_rate']:>9.0f}"

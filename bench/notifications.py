@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import orjson
 
+from bench import summary
 from bench.stack import ADMIN, free_port, register_school, school_days, start_service
 from deploy.kafka import Broker
 from services.notifications import signing
@@ -385,6 +386,11 @@ def main(argv: list[str] | None = None) -> None:
         f"(of which mark → signal on Kafka p50 {lat['signal_p50_ms']:.1f} ms, "
         f"p99 {lat['signal_p99_ms']:.1f} ms)"
     )
+    load = f" under {args.background_rate:,.0f} marks/s" if args.background_rate else " at rest"
+    target = ("< 500 ms", "< 1 s") if args.background_rate else ("< 100 ms", "< 250 ms")
+    late = f", {lat['timed_out']:.0f} over 20 s" if lat["timed_out"] else ""
+    summary.add(f"mark → signal p99{load}", target[0], f"{lat['signal_p99_ms']:,.1f} ms{late}")
+    summary.add(f"mark → first-day webhook p99{load}", target[1], f"{lat['p99_ms']:,.1f} ms{late}")
     if not args.background_rate:
         print(
             f"burst: {lat['burst_alerts']:.0f} marks in one batch → "
