@@ -106,7 +106,8 @@ async def register_school(
     (
         await client.put(f"/v1/schools/{urn}/calendar/2024-25", json=calendar, headers=headers)
     ).raise_for_status()
-    upns = [make_upn(343, establishment, 20, n) for n in range(pupils)]
+    # A UPN has a 3-digit serial: past 1,000 pupils the issue year moves on (20, 21, …).
+    upns = [make_upn(343, establishment, 20 + n // 1000, n % 1000) for n in range(pupils)]
     for start in range(0, len(upns), 5000):
         roster = [
             {
