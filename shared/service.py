@@ -23,6 +23,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import kafka
+from shared.audit import AuditTables, Exporter, add_export_route, install_audit
 from shared.auth import TokenVerifier
 from shared.db import create_engine, ping
 from shared.limits import RequestLimits, document_limits
@@ -112,9 +113,13 @@ def service_app(
     version: str = "1.0.0",
     workers: Sequence[Callable[[Runtime], Coroutine[Any, Any, None]]] = (),
     bulk_routes: Collection[str] = (),
+    audit: AuditTables | None = None,
+    exporter: Exporter | None = None,
 ) -> FastAPI:
     """A FastAPI app with the shared lifespan, problem handlers, request limits, metrics and health
-    routes. ``bulk_routes`` (route templates) may take bodies up to ``max_body_bytes``."""
+    routes. ``bulk_routes`` (route templates) may take bodies up to ``max_body_bytes``. With
+    ``audit``, reads of pupil-level data are audited (``shared/audit.py``) and ``GET /v1/audit``
+    is served; with ``exporter``, ``GET /v1/pupils/{upn}/export`` (subject access)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -154,6 +159,8 @@ def service_app(
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     install_problem_handlers(app)
+    if audit is not None:
+        install_audit(app, name, audit)
     app.add_middleware(RequestLimits, fastapi_app=app, settings=settings, bulk_routes=bulk_routes)
     install(app, name)  # outermost: 429s and 413s are logged and counted too
 
@@ -164,6 +171,8 @@ def service_app(
     app.include_router(health_router(readiness))
     for add in routers:
         add(app)
+    if exporter is not None:
+        add_export_route(app, name, exporter)
 
     def openapi() -> dict[str, Any]:
         if not app.openapi_schema:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from limits import parse_many
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+REGISTER_MIN_YEARS = 6
 DEV_JWT_SECRET = "rollcall-development-secret-not-for-production"  # noqa: S105 - the known-insecure default, refused in production
 
 
@@ -51,6 +52,18 @@ class Settings(BaseSettings):
     today: date | None = None
     scheduler_seconds: float = 60.0
     consumer_group: str | None = None  # default rollcall-<service>
+    # Retention (README "Data protection"; shared/retention.py says exactly what each one means).
+    # The register (marks, their history and everything derived per session) is kept for
+    # ``retention_register_years`` whole years after the end of the academic year of the session
+    # (the law: at least 6 years; less is refused).
+    retention_register_years: int = REGISTER_MIN_YEARS
+    retention_alerts_days: int = Field(default=730, ge=1)  # alerts and their deliveries
+    retention_audit_days: int = Field(default=6 * 366, ge=1)  # the audit log (as long as the register)
+    # Inbox ids (de-duplication of redelivered events): far longer than any redelivery can happen.
+    retention_bookkeeping_days: int = Field(default=30, ge=8)
+    purge_enabled: bool = True
+    purge_interval_seconds: float = Field(default=86_400, gt=0)  # the daily purge job
+    purge_batch: int = Field(default=5_000, ge=1, le=100_000)
 
     @property
     def group(self) -> str:
@@ -60,6 +73,17 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limit_parses(cls, value: str) -> str:
         parse_many(value)  # a ValueError names the bad limit string
+        return value
+
+    @field_validator("retention_register_years")
+    @classmethod
+    def _register_kept_six_years(cls, value: int) -> int:
+        if value < REGISTER_MIN_YEARS:
+            raise ValueError(
+                f"ROLLCALL_RETENTION_REGISTER_YEARS={value}: the attendance register must be kept for at "
+                f"least {REGISTER_MIN_YEARS} years (School Attendance (Pupil Registration) (England) "
+                "Regulations 2024); refusing to start with a shorter retention"
+            )
         return value
 
     @model_validator(mode="after")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.ingest import tables
+from services.ingest import privacy, tables
 from services.ingest.api import add_routes
 from services.ingest.schemas import CalendarIn, CareIn, MarkIn, RosterIn, SchoolIn
+from shared.retention import purge_worker
 from shared.service import service_app
 from shared.settings import Settings
 
@@ -24,6 +25,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="MIS systems push registers, rosters and calendars; social care pushes care status.",
         routers=[add_routes],
         bulk_routes=BULK_ROUTES,
+        workers=[purge_worker(privacy.RULES)],
+        audit=tables.audit,
+        exporter=privacy.export,
     )
     _document_raw_bodies(app)
     return app

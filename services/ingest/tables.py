@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
 )
 
+from shared.audit import audit_tables
 from shared.outbox import outbox_table
 
 metadata = MetaData()
@@ -125,3 +126,4 @@ mark_history = Table(
 Index("ix_mark_history_pupil", mark_history.c.upn, mark_history.c.date)
 
 outbox = outbox_table(metadata)
+audit = audit_tables(metadata)

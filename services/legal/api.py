@@ -33,6 +33,7 @@ from services.legal.schemas import (
     TransitionIn,
     WithdrawalIn,
 )
+from shared.audit import Audit, AuditEntry
 from shared.auth import Principal, Scope, forbidden, require
 from shared.fields import IsoDate
 from shared.problems import Problem, problem_responses
@@ -128,11 +129,17 @@ def wants_html(request: Request) -> bool:
     return best.get("text/html", -1.0) > best.get("application/json", -1.0)
 
 
+def audited_case(audit: AuditEntry, body: dict[str, Any]) -> dict[str, Any]:
+    """A case body returned: its pupil and case id go into the audit log."""
+    audit.add(upns=[body["upn"]], resources=[body["id"]])
+    return body
+
+
 def add_routes(app: FastAPI) -> None:
     router = APIRouter(prefix="/v1", responses=PROBLEMS, tags=["cases"])
 
     @router.post("/cases", status_code=201)
-    async def create_case(body: CaseIn, request: Request, principal: Writer) -> dict[str, Any]:
+    async def create_case(body: CaseIn, request: Request, principal: Writer, audit: Audit) -> dict[str, Any]:
         """Open a case in ``support`` for a pupil; 409 ``case_already_open`` if one is open."""
         rt = rt_of(request)
         if principal.schools is not None and body.school_urn not in principal.schools:
@@ -186,12 +193,13 @@ def add_routes(app: FastAPI) -> None:
             )
             result = await views.case_body(conn, await cases.case_row(conn, case_id), rt.today(), rt.policy)
         rt.relay.wake()
-        return result
+        return audited_case(audit, result)
 
     @router.get("/cases")
     async def list_cases(
         request: Request,
         principal: Reader,
+        audit: Audit,
         state: Annotated[wf.State | None, Query()] = None,
         upn: Annotated[str | None, Query(max_length=20)] = None,
         school: Annotated[str | None, Query(pattern=r"^[0-9]{6,7}$")] = None,
@@ -222,19 +230,20 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(c.open.is_(open))
         async with rt.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
+        audit.add(upns=(r.upn for r in rows), resources=(r.id for r in rows))
         return {"items": [views.summary(r) for r in rows], "limit": limit, "offset": offset}
 
     @router.get("/cases/{case_id}")
-    async def get_case(case_id: str, request: Request, principal: Reader) -> dict[str, Any]:
+    async def get_case(case_id: str, request: Request, principal: Reader, audit: Audit) -> dict[str, Any]:
         """The case with its state, history, deadlines, penalty notices, offences and records."""
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
             case = await visible_case(conn, principal, case_id)
-            return await views.case_body(conn, case, rt.today(), rt.policy)
+            return audited_case(audit, await views.case_body(conn, case, rt.today(), rt.policy))
 
     @router.patch("/cases/{case_id}")
     async def patch_case(
-        case_id: str, body: CasePatch, request: Request, principal: Writer
+        case_id: str, body: CasePatch, request: Request, principal: Writer, audit: Audit
     ) -> dict[str, Any]:
         """Assign the lead officer; add parents or correct their names (never removes a parent)."""
         rt = rt_of(request)
@@ -244,11 +253,12 @@ def add_routes(app: FastAPI) -> None:
             await cases.set_details(
                 conn, case, body.lead_officer, parents, principal.sub, rt.today(), rt.now()
             )
-            return await views.case_body(conn, await cases.case_row(conn, case_id), rt.today(), rt.policy)
+            body_out = await views.case_body(conn, await cases.case_row(conn, case_id), rt.today(), rt.policy)
+            return audited_case(audit, body_out)
 
     @router.post("/cases/{case_id}/transitions")
     async def post_transition(
-        case_id: str, body: TransitionIn, request: Request, principal: Writer
+        case_id: str, body: TransitionIn, request: Request, principal: Writer, audit: Audit
     ) -> dict[str, Any]:
         """Move the case to another state (steps may be skipped); 409 names the rule that forbids it."""
         rt = rt_of(request)
@@ -269,7 +279,7 @@ def add_routes(app: FastAPI) -> None:
             )
             result = await views.case_body(conn, await cases.case_row(conn, case_id), today, rt.policy)
         rt.relay.wake()
-        return result
+        return audited_case(audit, result)
 
     @router.post("/cases/{case_id}/penalty-notices", status_code=201)
     async def post_penalty_notice(
@@ -401,6 +411,7 @@ def add_routes(app: FastAPI) -> None:
         case_id: str,
         request: Request,
         principal: Reader,
+        audit: Audit,
         start: Annotated[IsoDate | None, Query(alias="from")] = None,
         end: Annotated[IsoDate | None, Query(alias="to")] = None,
     ) -> Response:
@@ -411,6 +422,7 @@ def add_routes(app: FastAPI) -> None:
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
             case = await visible_case(conn, principal, case_id)
+            audit.add(upns=[case.upn], resources=[case.id])
             pack = await evidence.pack(conn, case, rt.today(), rt.now(), rt.policy, start, end)
         if wants_html(request):
             return Response(evidence.render_html(pack), media_type="text/html; charset=utf-8")
@@ -458,6 +470,7 @@ def add_routes(app: FastAPI) -> None:
     async def list_deadlines(
         request: Request,
         principal: Reader,
+        audit: Audit,
         before: Annotated[IsoDate | None, Query(description="only deadlines due before this date")] = None,
         kind: Annotated[wf.DeadlineKind | None, Query()] = None,
         case: Annotated[str | None, Query(max_length=36)] = None,
@@ -496,6 +509,7 @@ def add_routes(app: FastAPI) -> None:
                 items.append(
                     body | {"upn": r.upn, "school_urn": r.school_urn, "lead_officer": r.lead_officer}
                 )
+        audit.add(upns=(r.upn for r in rows), resources=(r.case_id for r in rows))
         return {"items": items, "before": before.isoformat() if before else None}
 
     app.include_router(router)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from services.legal import tables, worker
+from services.legal import privacy, tables, worker
 from services.legal.api import add_routes
 from services.legal.workflow import Refused
 from shared.problems import Problem, problem_response
+from shared.retention import purge_worker
 from shared.service import service_app
 from shared.settings import Settings
 
@@ -32,7 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Rollcall legal",
         description="Cases, penalty notices, statutory clocks and evidence packs (SPEC §7, §8).",
         routers=[add_routes],
-        workers=[worker.consume, worker.schedule],
+        workers=[purge_worker(privacy.RULES), worker.consume, worker.schedule],
+        audit=tables.audit,
+        exporter=privacy.export,
     )
 
     @app.exception_handler(Refused)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from shared.audit import audit_tables
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -266,3 +267,4 @@ Index("ix_deadlines_status_due", deadlines.c.status, deadlines.c.due_on)
 
 inbox = inbox_table(metadata)
 outbox = outbox_table(metadata)
+audit = audit_tables(metadata)

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.notifications import alerts, routing, schemas, worker
 from services.notifications import tables as t
+from shared.audit import Audit, record_now
 from shared.auth import Principal, Scope, forbidden, require
 from shared.db import upsert
 from shared.fields import IsoDate
@@ -264,7 +265,9 @@ def add_routes(app: FastAPI) -> None:
         return recipient_body(row)
 
     @router.get("/recipients/{id}/pupils", tags=["directory"])
-    async def allocated_pupils(id: RecipientPath, request: Request, principal: Reader) -> dict[str, Any]:
+    async def allocated_pupils(
+        id: RecipientPath, request: Request, principal: Reader, audit: Audit
+    ) -> dict[str, Any]:
         """The pupils allocated to a social worker or Early Help lead: ``admin``, or their own token.
         The dashboard uses it to show a social worker only their own pupils."""
         if not is_admin(principal) and principal.sub != id:
@@ -276,11 +279,12 @@ def add_routes(app: FastAPI) -> None:
                 raise not_found("recipient")
             q = select(a.upn).where(or_(a.social_worker == id, a.early_help == id)).order_by(a.upn)
             upns = (await conn.execute(q)).scalars().all()
+        audit.add(upns=upns)
         return {"recipient": id, "role": row.role, "pupils": list(upns)}
 
     @router.put("/allocations/pupils/{upn}", tags=["directory"])
     async def put_pupil_allocation(
-        upn: UpnPath, body: schemas.PupilAllocationBody, request: Request, _: CareWriter
+        upn: UpnPath, body: schemas.PupilAllocationBody, request: Request, _: CareWriter, audit: Audit
     ) -> dict[str, Any]:
         """Replace the pupil's allocated social worker and Early Help lead (null clears one)."""
         rt = rt_of(request)
@@ -300,7 +304,9 @@ def add_routes(app: FastAPI) -> None:
         return {"upn": upn, "social_worker": body.social_worker, "early_help": body.early_help}
 
     @router.get("/allocations/pupils/{upn}", tags=["directory"])
-    async def get_pupil_allocation(upn: UpnPath, request: Request, _: CareWriter) -> dict[str, Any]:
+    async def get_pupil_allocation(
+        upn: UpnPath, request: Request, _: CareWriter, audit: Audit
+    ) -> dict[str, Any]:
         async with rt_of(request).engine.connect() as conn:
             q = select(t.pupil_allocations).where(t.pupil_allocations.c.upn == upn)
             row = (await conn.execute(q)).first()
@@ -405,7 +411,7 @@ def add_routes(app: FastAPI) -> None:
 
     @router.get("/alerts", tags=["alerts"])
     async def list_alerts(
-        request: Request, principal: Reader,
+        request: Request, principal: Reader, audit: Audit,
         recipient: Annotated[str | None, Query(max_length=100)] = None,
         status: Annotated[str | None, Query(pattern="^(" + "|".join(alerts.STATUSES) + ")$")] = None,
         signal: Annotated[str | None, Query(max_length=60)] = None,
@@ -429,12 +435,13 @@ def add_routes(app: FastAPI) -> None:
             if recipient is not None and viewer.recipient not in (None, recipient):
                 raise forbidden("a recipient's token reads only its own alerts")
             rows = (await conn.execute(viewer.alerts(q))).all()
+        audit.add(upns=(r.upn for r in rows), resources=(r.id for r in rows))
         return {"items": [alert_body(r) for r in rows], "next_cursor": rows[-1].seq if rows else cursor}
 
     @router.get("/alerts/stream", tags=["alerts"], response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}}}})  # fmt: skip
     async def stream_alerts(
-        request: Request, principal: Reader,
+        request: Request, principal: Reader, audit: Audit,
         recipient: Annotated[str | None, Query(max_length=100)] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:  # fmt: skip
@@ -468,6 +475,8 @@ def add_routes(app: FastAPI) -> None:
                 ticket = wire.feed.ticket()
                 async with rt.engine.connect() as conn:
                     rows = (await conn.execute(base.where(a.seq > last))).all()
+                if rows:  # audited before it is sent, like every other read
+                    await record_now(request, t.audit, (r.upn for r in rows), (r.id for r in rows))
                 for r in rows:
                     last = r.seq
                     yield b"id: %d\nevent: alert\ndata: %s\n\n" % (r.seq, orjson.dumps(alert_body(r)))
@@ -495,13 +504,15 @@ def add_routes(app: FastAPI) -> None:
         return row
 
     @router.get("/alerts/{id}", tags=["alerts"])
-    async def get_alert(id: IdPath, request: Request, principal: Reader) -> dict[str, Any]:
+    async def get_alert(id: IdPath, request: Request, principal: Reader, audit: Audit) -> dict[str, Any]:
         async with rt_of(request).engine.connect() as conn:
-            return alert_body(await _visible_alert(conn, principal, id))
+            row = await _visible_alert(conn, principal, id)
+        audit.add(upns=[row.upn], resources=[row.id])
+        return alert_body(row)
 
     @router.post("/alerts/{id}/ack", tags=["alerts"])
     async def acknowledge(
-        id: IdPath, body: schemas.AckBody, request: Request, principal: Writer
+        id: IdPath, body: schemas.AckBody, request: Request, principal: Writer, audit: Audit
     ) -> dict[str, Any]:
         """Acknowledge an alert: it stops its episode's escalation. Acknowledging again changes nothing."""
         rt = rt_of(request)
@@ -511,13 +522,14 @@ def add_routes(app: FastAPI) -> None:
             row = (await conn.execute(select(t.alerts).where(t.alerts.c.id == id))).one()
         if changed:
             rt.relay.wake()
+        audit.add(upns=[row.upn], resources=[row.id])
         return alert_body(row)
 
     # --- the delivery queue (operators) ------------------------------------------------------
 
     @router.get("/deliveries", tags=["deliveries"])
     async def list_deliveries(
-        request: Request, _: Admin,
+        request: Request, _: Admin, audit: Audit,
         status: Annotated[str | None, Query(pattern="^(pending|delivered|dead)$")] = None,
         alert: Annotated[str | None, Query(max_length=64)] = None,
         cursor: Cursor = None,
@@ -534,6 +546,7 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(d.alert_id == alert)
         async with rt_of(request).engine.connect() as conn:
             rows = (await conn.execute(q)).all()
+        audit.add(resources=(r.alert_id for r in rows))  # the alerts (and pupils) they carry
         return {"items": [delivery_body(r) for r in rows], "next_cursor": rows[-1].seq if rows else cursor}
 
     @router.post("/deliveries/{seq}/retry", tags=["deliveries"])

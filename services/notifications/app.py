@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.notifications import tables, worker
+from services.notifications import privacy, tables, worker
 from services.notifications.api import add_routes
 from services.notifications.settings import NotificationSettings
+from shared.retention import purge_worker
 from shared.service import service_app
 from shared.settings import Settings, extended
 
@@ -24,5 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "signed, de-duplicated alerts by webhook, email, Server-Sent Events and rollcall.alerts.v1."
         ),
         routers=[add_routes],
-        workers=[worker.consume, worker.deliver, worker.escalate],
+        workers=[purge_worker(privacy.RULES), worker.consume, worker.deliver, worker.escalate],
+        audit=tables.audit,
+        exporter=privacy.export,
     )

@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from shared.audit import audit_tables
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -158,3 +159,4 @@ Index("ix_deliveries_due", deliveries.c.status, deliveries.c.next_attempt_at)
 
 inbox = inbox_table(metadata)
 outbox = outbox_table(metadata)
+audit = audit_tables(metadata)

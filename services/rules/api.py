@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import engine, recompute, reports
 from services.rules import tables as t
+from shared.audit import Audit, AuditEntry
 from shared.auth import Principal, Scope, forbidden, require
 from shared.calendar import AcademicYear
 from shared.fields import IsoDate, IsoDateTime
@@ -128,7 +129,7 @@ def add_routes(app: FastAPI) -> None:
 
     @router.get("/pupils/{upn}/attendance")
     async def pupil_attendance(
-        upn: UpnPath, request: Request, principal: Reader, start: From = None, end: To = None,
+        upn: UpnPath, request: Request, principal: Reader, audit: Audit, start: From = None, end: To = None,
         school: Annotated[str | None, Query(pattern=r"^[0-9]{6,7}$")] = None,
     ) -> dict[str, Any]:  # fmt: skip
         """A pupil's measures, band, actions and reasons, penalty window and runs (SPEC §3–§6).
@@ -211,7 +212,7 @@ def add_routes(app: FastAPI) -> None:
 
     @router.get("/signals")
     async def list_signals(
-        request: Request, principal: Reader,
+        request: Request, principal: Reader, audit: Audit,
         type: Annotated[str | None, Query(max_length=60)] = None,
         upn: Annotated[str | None, Query(max_length=13)] = None,
         school: Annotated[str | None, Query(pattern=r"^[0-9]{6,7}$")] = None,
@@ -245,9 +246,12 @@ def add_routes(app: FastAPI) -> None:
             for r in rows
         ]  # fmt: skip
         next_cursor = rows[-1].seq if rows else cursor
+        audit.add(upns=(r.upn for r in rows), resources=(r.id for r in rows))
         return {"items": items, "next_cursor": next_cursor}
 
-    async def return_list(request: Request, principal: Principal, month: str, kind: str) -> dict[str, Any]:
+    async def return_list(
+        request: Request, principal: Principal, audit: AuditEntry, month: str, kind: str
+    ) -> dict[str, Any]:
         rt = rt_of(request)
         first = dt.date.fromisoformat(f"{month}-01")
         last = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
@@ -273,18 +277,23 @@ def add_routes(app: FastAPI) -> None:
             }
             for r in rows
         ]
+        audit.add(upns=(r.upn for r in rows))
         return {"month": month, "return": kind, "pupils": pupils}
 
     @router.get("/returns/attendance", tags=["returns"])
-    async def attendance_return(request: Request, principal: Reader, month: Month) -> dict[str, Any]:
+    async def attendance_return(
+        request: Request, principal: Reader, audit: Audit, month: Month
+    ) -> dict[str, Any]:
         """Pupils with 10 continuous school days of unauthorised absence during the month
         (episodes of ``attendance_return_due`` that overlap it)."""
-        return await return_list(request, principal, month, "attendance_return_due")
+        return await return_list(request, principal, audit, month, "attendance_return_due")
 
     @router.get("/returns/sickness", tags=["returns"])
-    async def sickness_return(request: Request, principal: Reader, month: Month) -> dict[str, Any]:
+    async def sickness_return(
+        request: Request, principal: Reader, audit: Audit, month: Month
+    ) -> dict[str, Any]:
         """Pupils whose illness absence reached 15 school days, for illness periods overlapping the month."""
-        return await return_list(request, principal, month, "sickness_return_due")
+        return await return_list(request, principal, audit, month, "sickness_return_due")
 
     app.include_router(router)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.rules import dashboard, figures, tables, worker
+from services.rules import dashboard, figures, privacy, tables, worker
 from services.rules.api import add_routes
 from services.rules.dashboard.partners import close_partners
 from services.rules.settings import RulesSettings
+from shared.retention import purge_worker
 from shared.service import service_app
 from shared.settings import Settings, extended
 
@@ -20,5 +21,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Rollcall rules",
         description="Every pupil's measures, band and signals, recomputed as marks arrive (SPEC §3–§6, §10).",
         routers=[add_routes, dashboard.add_routes],
-        workers=[worker.consume, worker.schedule, figures.keep_fresh, close_partners],
+        workers=[
+            purge_worker(privacy.RULES),
+            worker.consume,
+            worker.schedule,
+            figures.keep_fresh,
+            close_partners,
+        ],
+        audit=tables.audit,
+        exporter=privacy.export,
     )

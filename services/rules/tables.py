@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
 )
 
+from shared.audit import audit_tables
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -188,3 +189,4 @@ Index("ix_signals_type", signals.c.type)
 
 inbox = inbox_table(metadata)
 outbox = outbox_table(metadata)
+audit = audit_tables(metadata)

@@ -37,6 +37,7 @@ from services.rules.dashboard.session import (
     viewer_of,
 )
 from services.rules.settings import RulesSettings
+from shared.audit import Audit
 from shared.auth import Scope, mint_token
 from shared.calendar import AcademicYear, week_start
 from shared.problems import Problem
@@ -337,6 +338,8 @@ def add_routes(app: FastAPI) -> None:
         band: Annotated[
             str | None, Query(pattern="^(excellent|at_risk|persistent|persistent_high|severe)$")
         ] = None,
+        *,
+        audit: Audit,
     ) -> Response:
         viewer = await viewer_of(request)
         if upn:
@@ -368,10 +371,11 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(a.band == band)
         async with rt_of(request).engine.connect() as conn:
             rows = (await conn.execute(q)).all()
+        audit.add(upns=(r.upn for r in rows))
         return render(request, "pupils.html", {"viewer": viewer, "rows": rows, "band": band})
 
     @router.get("/pupils/{upn}")
-    async def pupil(request: Request, upn: str) -> Response:
+    async def pupil(request: Request, upn: str, audit: Audit) -> Response:
         viewer = await viewer_of(request)
         rt = rt_of(request)
         upn = upn.strip().upper()
@@ -451,7 +455,7 @@ def add_routes(app: FastAPI) -> None:
     # --- inbox -------------------------------------------------------------------------------
 
     @router.get("/inbox")
-    async def inbox(request: Request) -> Response:
+    async def inbox(request: Request, audit: Audit) -> Response:
         viewer = await viewer_of(request)
         rt = rt_of(request)
         today, now = rt.today(), rt.now()
@@ -486,6 +490,11 @@ def add_routes(app: FastAPI) -> None:
                 overdue.append(alert)
             else:
                 awaiting.append(alert)
+        audit.add(
+            upns=[x["pupil"]["upn"] for x in (*awaiting, *overdue, *done)]
+            + [d["upn"] for d in deadlines or []],
+            resources=[x["id"] for x in (*awaiting, *overdue, *done)],
+        )
         return render(
             request,
             "inbox.html",

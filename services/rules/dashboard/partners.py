@@ -9,7 +9,11 @@ import httpx
 import orjson
 
 from services.rules.settings import RulesSettings
+from shared.audit import PURPOSE_HEADER
 from shared.service import Runtime
+
+# The purpose the partners' audit logs record for what the dashboard reads on a user's behalf.
+DASHBOARD_PURPOSE = "dashboard"
 
 
 class PartnerUnavailable(Exception):
@@ -27,7 +31,8 @@ class Partners:
 
     async def _call(self, method: str, url: str, token: str, **kw: Any) -> tuple[int, Any]:
         try:
-            r = await self._client.request(method, url, headers={"Authorization": f"Bearer {token}"}, **kw)
+            headers = {"Authorization": f"Bearer {token}", PURPOSE_HEADER: DASHBOARD_PURPOSE}
+            r = await self._client.request(method, url, headers=headers, **kw)
         except httpx.HTTPError as exc:
             raise PartnerUnavailable(type(exc).__name__) from exc
         if r.status_code >= 500:

@@ -82,6 +82,7 @@ async def viewer_of(request: Request) -> Viewer:
         principal = await verifier.verify(token)
     except Problem as exc:
         raise SignInRequired from exc
+    request.state.principal = principal  # who, for the request log and the audit log
     if not principal.has(Scope.ATTENDANCE_READ):
         raise Problem(403, "forbidden", "Forbidden", "the dashboard needs a token with attendance:read")
     if principal.schools is not None:
