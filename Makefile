@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run down test test-fast lint bench report faults clean
+.PHONY: install run down test test-fast lint bench report faults sar purge clean
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ faults: install  ## fault injection: a term replayed while services, Kafka and P
 
 report: install  ## the annual borough report (HTML + PDF) from a running stack, e.g. ARGS="--year 2024-25"
 	$(PY) -m services.rules.dashboard.report $(ARGS)
+
+sar: install  ## subject-access export of one pupil from the running services, e.g. UPN=A343200018001 ARGS="--out sar.json"
+	@test -n "$(UPN)" || { echo 'usage: make sar UPN=<upn> [ARGS="--purpose ... --out file"]'; exit 2; }
+	$(PY) -m shared.sar $(UPN) $(ARGS)
+
+purge: install  ## delete what is past retention in one service's database, e.g. ARGS="rules --dry-run"
+	$(PY) -m shared.retention $(ARGS)
 
 clean:
 	rm -rf data
