@@ -7,8 +7,8 @@ start) **whole years after the end of the academic year of the session** (31 Aug
 it from the 1 September after that: a mark of any day of 2018-19 (1 Sep 2018 – 31 Aug 2019) is
 kept up to and including 31 Aug 2025 and purged from 1 Sep 2025, so a mark is never deleted less
 than 6 years after its date. Where the service stores when the entry was *made* (ingest's
-``received_at``, and ``replaced_at`` of an amended code), that must also lie in an academic year
-that ended that long ago, so a late amendment keeps its entry 6 years from when it was made. The
+``received_at``, of a mark and of a replaced code in ``mark_history``), that must also lie in an
+academic year that ended that long ago, so a late amendment keeps its entry 6 years from when it was made. The
 same boundary applies to everything derived per session (rules' and legal's copies of the
 register, the daily and weekly sums, rules' signals by the day they occurred). "Today" is the
 service's today in the LA's time zone (``ROLLCALL_TODAY`` included).
@@ -115,7 +115,7 @@ async def purge(
         if dry_run:
             async with engine.connect() as conn:
                 q = select(func.count()).select_from(rule.table).where(criterion)
-                counts[rule.table.name] = int((await conn.execute(q)).scalar_one())
+                counts[str(rule.table.name)] = int((await conn.execute(q)).scalar_one())
             continue
         pk = list(rule.table.primary_key.columns)
         key = pk[0] if len(pk) == 1 else tuple_(*pk)
@@ -129,7 +129,7 @@ async def purge(
                 for start in range(0, len(values), 1000):  # bound parameters per statement
                     await conn.execute(delete(rule.table).where(key.in_(values[start : start + 1000])))
             total += len(batch)
-        counts[rule.table.name] = total
+        counts[str(rule.table.name)] = total
     return counts
 
 

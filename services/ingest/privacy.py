@@ -12,16 +12,12 @@ from shared.audit import audit_rows_of, rows_where
 from shared.retention import Rule
 
 RULES = [
-    # The register: the session's academic year and the entry's own (received, replaced) both past.
+    # The register: the session's academic year and the year the entry was made (received) both past.
     Rule(t.marks, "register", lambda c: and_(t.marks.c.date < c.day, t.marks.c.received_at < c.at)),
     Rule(
         t.mark_history,
         "register",
-        lambda c: and_(
-            t.mark_history.c.date < c.day,
-            t.mark_history.c.received_at < c.at,
-            t.mark_history.c.replaced_at < c.at,
-        ),
+        lambda c: and_(t.mark_history.c.date < c.day, t.mark_history.c.received_at < c.at),
     ),
     Rule(t.audit.log, "audit", lambda c: t.audit.log.c.at < c.at),  # its subjects go with it (cascade)
 ]
