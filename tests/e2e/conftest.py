@@ -69,6 +69,7 @@ def start(
         ROLLCALL_KAFKA_BOOTSTRAP=bootstrap,
         ROLLCALL_CONSUMER_GROUP=f"e2e-{service}-{port}",
         ROLLCALL_TODAY=TODAY,
+        ROLLCALL_PURGE_INTERVAL_SECONDS="15",  # the daily purge job, soon enough to be in the logs
         **env_extra,
     )
     return subprocess.Popen(

@@ -16,6 +16,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -137,13 +138,71 @@ def test_rules_figures_equal_an_independent_recomputation(stack: Stack, e2e_kafk
     assert {e["type"] for e in signals} >= {"signal.first_day_absence", "signal.band_changed"}
 
 
+def test_pupil_reads_are_audited_and_a_subject_access_export_gathers_all_four(stack: Stack) -> None:
+    """Over real HTTP: a pupil's reads leave audit rows with their purpose in each service's own
+    database, and ``python -m shared.sar`` (an admin token minted with the development secret,
+    as a dev stack accepts) prints one document with all four services' exports of the pupil."""
+    with sqlite3.connect(stack.dbs["rules"]) as conn:
+        (upn,) = conn.execute("SELECT upn FROM signals ORDER BY seq LIMIT 1").fetchone()
+    purpose = {"Rollcall-Purpose": "e2e: attendance review"}
+    r = httpx.get(f"{stack.rules}/v1/pupils/{upn}/attendance", headers=bearer("attendance:read") | purpose)
+    assert r.status_code == 200
+    assert httpx.get(
+        f"{stack.rules}/v1/signals", params={"upn": upn}, headers=bearer("attendance:read")
+    ).json()["items"]
+    r = httpx.get(
+        f"{stack.urls['notifications']}/v1/alerts", params={"upn": upn}, headers=bearer("alerts:read")
+    )
+    assert r.status_code == 200
+    r = httpx.get(f"{stack.urls['legal']}/v1/cases", params={"upn": upn}, headers=bearer("legal:read"))
+    assert r.status_code == 200
+    with sqlite3.connect(stack.dbs["rules"]) as conn:
+        rows = conn.execute(
+            "SELECT a.route, a.purpose, a.status FROM audit_log a JOIN audit_subjects s ON s.audit_id = a.id "
+            "WHERE s.upn = ? ORDER BY a.id",
+            (upn,),
+        ).fetchall()
+    assert ("/v1/pupils/{upn}/attendance", "e2e: attendance review", 200) in rows
+    assert ("/v1/signals", "unspecified", 200) in rows
+
+    args = [f"--{name}={url}" for name, url in stack.urls.items()]
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.sar", upn, "--purpose", "e2e subject access", *args],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    document = orjson.loads(out.stdout)
+    exports = {name: body["tables"] for name, body in document["services"].items()}
+    assert set(exports) == {"ingest", "rules", "legal", "notifications"}
+    with sqlite3.connect(stack.ingest_db) as conn:
+        (marks,) = conn.execute("SELECT COUNT(*) FROM marks WHERE upn = ?", (upn,)).fetchone()
+    assert len(exports["ingest"]["marks"]) == marks
+    assert exports["ingest"]["pupils"][0]["upn"] == upn
+    assert exports["rules"]["signals"]
+    assert {s["upn"] for s in exports["rules"]["signals"]} == {upn}
+    for name, url in stack.urls.items():  # each export is on its service's audit log
+        r = httpx.get(
+            f"{url}/v1/audit", params={"upn": upn, "sub": "subject-access"}, headers=bearer("admin")
+        )
+        assert [(e["route"], e["purpose"]) for e in r.json()["items"]] == [
+            ("/v1/pupils/{upn}/export", "e2e subject access")
+        ], name
+
+
 def test_logs_hold_no_names_dates_of_birth_or_postcodes(stack: Stack) -> None:
     """Children's data never goes into logs: grep the run's service logs for every pupil's and
-    parent's name, date of birth and postcode that the loader sent (SPEC; issue 7 item 4)."""
+    parent's name, date of birth and postcode that the loader sent, and every UPN, after the whole
+    e2e run: loading, the dashboard (pupil pages), pupil-level API reads, audit-log queries and
+    subject-access exports, and the purge job (SPEC; issue 7 item 4). Audit rows hold UPNs and
+    are never logged."""
     from borough.generate import Borough
 
     text = "\n".join(path.read_text() for path in stack.logs)
     assert '"route": "/v1/schools/{urn}/marks"' in text  # the logs are the real request logs
+    assert '"route": "/v1/pupils/{upn}/export"' in text  # the reads of pupil data, audited, are in the run
+    assert (
+        '"event": "purged"' in text
+    )  # the purge job ran (ROLLCALL_PURGE_INTERVAL_SECONDS) and logged counts
     names: set[str] = set()
     exact: set[str] = set()  # dates of birth, postcodes and UPNs, as written
     for school in Borough(SEED, SCALE).schools:
