@@ -1,10 +1,13 @@
-"""``python -m bench [ingest|rules|notifications|dashboard|all] [options]`` (``make bench`` runs ``all``)."""
+"""``python -m bench [ingest|rules|notifications|dashboard|audit|all] [options]``
+
+``make bench`` runs ``all``.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from bench import dashboard, ingest, notifications, rules, summary
+from bench import audit, dashboard, ingest, notifications, rules, summary
 
 
 def main() -> None:
@@ -20,8 +23,12 @@ def main() -> None:
             notifications.main(["--samples", "300", "--background-rate", "5000"])
     if which in ("dashboard", "all"):
         dashboard.main(args if which == "dashboard" else [])
-    if which not in ("ingest", "rules", "notifications", "dashboard", "all"):
-        raise SystemExit(f"unknown benchmark {which!r}: ingest, rules, notifications, dashboard or all")
+    if which in ("audit", "all"):
+        audit.main(args if which == "audit" else [])
+    if which not in ("ingest", "rules", "notifications", "dashboard", "audit", "all"):
+        raise SystemExit(
+            f"unknown benchmark {which!r}: ingest, rules, notifications, dashboard, audit or all"
+        )
     print(summary.render())
 
 
