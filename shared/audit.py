@@ -198,7 +198,10 @@ class AuditMiddleware:
             if refused:
                 return  # the data this answer carried is withheld: the 503 is already sent
             entry = state.get("audit")
-            if message["type"] == "http.response.start" and isinstance(entry, AuditEntry):
+            # Only a verified caller can have been given data: an unauthenticated request (the
+            # dashboard's redirect to sign-in) is in the request log, not the audit log.
+            principal = state.get("principal")
+            if message["type"] == "http.response.start" and isinstance(entry, AuditEntry) and principal:
                 route = scope.get("route")
                 try:
                     engine = scope["app"].state.runtime.engine
@@ -207,7 +210,7 @@ class AuditMiddleware:
                             conn,
                             self.tables,
                             entry,
-                            principal=state.get("principal"),
+                            principal=principal,
                             service=self.service,
                             method=scope["method"],
                             route=getattr(route, "path", "?"),
