@@ -297,3 +297,21 @@ async def test_reads_are_audited_and_the_export_holds_one_pupil(flow: Flow) -> N
             [a],
             "SAR 2025/117",
         )
+
+
+async def test_no_audit_row_no_data(tmp_path: Any, kafka_bootstrap: str) -> None:
+    """If the audit row cannot be written, the answer is a 503 problem and the data is withheld."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ingest.db'}"
+    async with service_client("ingest", url, kafka_bootstrap) as ingest:
+        child = pupil(1, 6999, given_name="Wilhelmina")
+        await setup_school(ingest, "169999", [child])
+        path = f"/v1/pupils/{child['upn']}/export"
+        assert "Wilhelmina" in (await ingest.get(path, headers=ADMIN)).text
+        engine = ingest.app.state.runtime.engine  # type: ignore[attr-defined]
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TABLE audit_subjects")  # the audit write now fails
+        r = await ingest.get(path, headers=ADMIN)
+        assert r.status_code == 503
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["type"] == "urn:rollcall:problem:unavailable"
+        assert "Wilhelmina" not in r.text
