@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.events import PAYLOADS, CloudEvent
+from shared.events import KEYS, PAYLOADS, CloudEvent
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 
@@ -64,7 +64,7 @@ def document(payloads: dict[Any, dict[str, type[BaseModel]]] | None = None) -> d
         channels[channel_id] = {
             "address": name,
             "messages": channel_messages,
-            "description": "Record key: the pupil's UPN (legal: the case id).",
+            "description": f"Record key: {KEYS.get(topic, 'the pupil UPN')}.",
         }
         operations[f"publish_{channel_id}"] = {
             "action": "send",

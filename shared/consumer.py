@@ -62,7 +62,7 @@ class InboxConsumer:
         self._handle = handle
         self._after_commit = after_commit
         self._max_records = max_records
-        self.caught_up = asyncio.Event()
+        self.caught_up = asyncio.Event()  # set once every assigned partition was read to its end
 
     async def _start(self) -> None:
         delay = 0.5
@@ -81,7 +81,8 @@ class InboxConsumer:
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
                 if not batch:
-                    self.caught_up.set()
+                    if not self.caught_up.is_set() and await self._at_end():
+                        self.caught_up.set()
                     continue
                 events: list[CloudEvent] = []
                 for tp, records in batch.items():
@@ -98,6 +99,18 @@ class InboxConsumer:
                 self._after_commit()
         finally:
             await self._consumer.stop()
+
+    async def _at_end(self) -> bool:
+        """Whether every assigned partition has been read to its end (an empty poll alone may just
+        be a slow first fetch)."""
+        parts = list(self._consumer.assignment())
+        if not parts:
+            return False
+        ends = await self._consumer.end_offsets(parts)
+        for tp in parts:
+            if await self._consumer.position(tp) < ends[tp]:
+                return False
+        return True
 
     async def apply(self, events: list[CloudEvent]) -> None:
         """Apply the events not seen before, in one transaction; retried until it succeeds (or,

@@ -26,6 +26,7 @@ class Topic(StrEnum):
     SIGNALS = "rollcall.signals.v1"
     LEGAL = "rollcall.legal.v1"
     ALERTS = "rollcall.alerts.v1"
+    DIRECTORY = "rollcall.directory.v1"  # log-compacted: notifications' directory (shared.directory)
 
 
 class EventType(StrEnum):
@@ -237,6 +238,25 @@ class AlertEventData(BaseModel):
     withdrawn_at: dt.datetime | None = None
 
 
+class RecipientData(BaseModel):
+    """``recipient.updated`` on ``rollcall.directory.v1`` (key ``recipient:<id>``): who a token's
+    ``sub`` is in the notifications directory. No name or email."""
+
+    id: str
+    role: str
+    la_code: str | None = None
+
+
+class AllocationData(BaseModel):
+    """``allocation.updated`` on ``rollcall.directory.v1`` (key ``pupil:<upn>``): every recipient now
+    allocated to the pupil (social worker, Early Help lead); an empty list clears them all."""
+
+    upn: str
+    recipients: list[str]
+    social_worker: str | None = None
+    early_help: str | None = None
+
+
 # The payload model of every event type the project publishes, by topic (docs/asyncapi.json).
 PAYLOADS: dict[Topic, dict[str, type[BaseModel]]] = {
     Topic.MARKS: {EventType.MARK_RECORDED: MarkData, EventType.MARK_AMENDED: MarkData},
@@ -248,4 +268,18 @@ PAYLOADS: dict[Topic, dict[str, type[BaseModel]]] = {
     },
     Topic.SIGNALS: {"signal.<name>": SignalData},
     Topic.ALERTS: dict.fromkeys(ALERT_EVENT_TYPES, AlertEventData),
+    Topic.DIRECTORY: {"recipient.updated": RecipientData, "allocation.updated": AllocationData},
+}
+
+# What each topic's record key is (docs/asyncapi.json).
+KEYS: dict[Topic, str] = {
+    Topic.MARKS: "the pupil's UPN",
+    Topic.REGISTRY: "the pupil's UPN (school and calendar events: the school's URN)",
+    Topic.SIGNALS: "the pupil's UPN",
+    Topic.LEGAL: "the case id",
+    Topic.ALERTS: "the pupil's UPN",
+    Topic.DIRECTORY: (
+        "`recipient:<id>` or `pupil:<upn>`; the topic is log-compacted, so the latest event of each key is "
+        "kept for good and a new consumer rebuilds the whole directory from the start"
+    ),
 }

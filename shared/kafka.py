@@ -11,6 +11,9 @@ from aiokafka.errors import TopicAlreadyExistsError
 from shared.events import Topic
 
 DEFAULT_PARTITIONS = 6
+# Topics that hold state rather than a history: the latest event of each key is kept for good, so
+# a consumer starting from scratch still rebuilds everything (shared.directory).
+COMPACTED = {Topic.DIRECTORY.value: {"cleanup.policy": "compact"}}
 
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
@@ -51,7 +54,15 @@ async def ensure_topics(bootstrap: str, partitions: int = DEFAULT_PARTITIONS) ->
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
                 await admin.create_topics(
-                    [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing]
+                    [
+                        NewTopic(
+                            name,
+                            num_partitions=partitions,
+                            replication_factor=1,
+                            topic_configs=COMPACTED.get(name),
+                        )
+                        for name in missing
+                    ]
                 )
             created = missing
     finally:

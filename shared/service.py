@@ -66,6 +66,9 @@ class Runtime:
             checks["kafka"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             checks["kafka"] = type(exc).__name__ or "unreachable"
+        directory = self.state.get("directory")  # shared.directory.Directory, where the service has one
+        if directory is not None:
+            checks["directory"] = "ok" if directory.loaded.is_set() else "loading"
         return checks
 
 
@@ -115,11 +118,13 @@ def service_app(
     bulk_routes: Collection[str] = (),
     audit: AuditTables | None = None,
     exporter: Exporter | None = None,
+    setup: Sequence[Callable[[Runtime], None]] = (),
 ) -> FastAPI:
     """A FastAPI app with the shared lifespan, problem handlers, request limits, metrics and health
     routes. ``bulk_routes`` (route templates) may take bodies up to ``max_body_bytes``. With
     ``audit``, reads of pupil-level data are audited (``shared/audit.py``) and ``GET /v1/audit``
-    is served; with ``exporter``, ``GET /v1/pupils/{upn}/export`` (subject access)."""
+    is served; with ``exporter``, ``GET /v1/pupils/{upn}/export`` (subject access). ``setup``
+    functions fill ``Runtime.state`` before any worker starts or request is served."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -133,6 +138,8 @@ def service_app(
         runtime = Runtime(settings, policy, engine, producer, relay)
         if settings.today is not None:
             runtime.clock = fixed_day_clock(settings.today, policy.zone)
+        for step in setup:
+            step(runtime)
         runtime.tasks.append(asyncio.create_task(_relay_when_ready(runtime)))
         for worker in workers:
             runtime.tasks.append(asyncio.create_task(worker(runtime)))

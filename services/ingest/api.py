@@ -5,6 +5,12 @@ Scopes: ``PUT /schools/{urn}`` needs ``admin``; a school's calendar and roster n
 needs ``care:write`` (LA-wide social-care systems). A school-scoped token is refused (403) for any
 other school before anything is looked up, so it never learns whether that school or its pupils
 exist.
+
+Care status is a social-care fact, not a school's: a token with a ``schools`` claim is refused
+(403) whatever the pupil. A token with an ``la`` claim writes care only for pupils ingest knows
+to live in that LA or to be enrolled at one of its schools; any other UPN — another LA's pupil or
+one not known at all — gets the same 403, so the answer says nothing about whether the pupil
+exists. (A token without ``la`` is LA-wide and may record care before the pupil is on any roll.)
 """
 
 from __future__ import annotations
@@ -93,6 +99,17 @@ async def authorised_school(conn: AsyncConnection, principal: Principal, urn: st
         raise Problem(404, "not-found", "Not found", "no school with this URN")
     if not principal.may_act_for_school(urn, la):
         raise forbidden("the token may not act for this school")
+
+
+async def pupil_of_la(conn: AsyncConnection, upn: str, la: str) -> bool:
+    """Whether the pupil lives in ``la`` or is enrolled at one of its schools."""
+    home = select(t.pupils.c.upn).where(t.pupils.c.upn == upn, t.pupils.c.home_la_code == la)
+    school = (
+        select(t.enrolments.c.upn)
+        .join(t.schools, t.schools.c.urn == t.enrolments.c.school_urn)
+        .where(t.enrolments.c.upn == upn, t.schools.c.la_code == la)
+    )
+    return (await conn.execute(home.union_all(school).limit(1))).first() is not None
 
 
 async def json_body(request: Request, model: type[Any], limit: int) -> Any:
@@ -197,12 +214,16 @@ def add_routes(app: FastAPI) -> None:
             }
         },
     )
-    async def put_care(upn: UpnPath, request: Request, _principal: CareWriter) -> Written:
+    async def put_care(upn: UpnPath, request: Request, principal: CareWriter) -> Written:
         """Record a pupil's social-care status (CIN, CP, CLA, early help, ETAC, part-time timetable)."""
         rt = runtime(request)
+        if principal.schools is not None:
+            raise forbidden("care status is written by LA-wide social-care systems, not a school's token")
         body: CareIn = await json_body(request, CareIn, rt.settings.max_body_bytes)
         normalised = registry.valid_upn_or_422(upn)
         async with rt.engine.begin() as conn:
+            if principal.la is not None and not await pupil_of_la(conn, normalised, principal.la):
+                raise forbidden("the token may write care only for pupils of its LA")
             changed = await registry.put_care(conn, normalised, body, rt.now())
         if changed:
             rt.relay.wake()

@@ -6,6 +6,11 @@ LA's schools and of pupils living in it (the Home LA leads ESOs and early help, 
 the caller may not see is a 404 exactly like one that does not exist. Creating a case for a school
 outside the token's ``schools`` is a 403 before anything is looked up.
 
+A social worker or Early Help lead (a non-admin token whose ``sub`` is such a recipient in
+notifications' directory, kept locally by ``shared.directory``) sees only the cases of their
+allocated pupils (any other case is the same 404), lists and deadlines are filtered to them,
+``/figures`` is a 403, and opening a case for any other pupil is a 403 before anything is looked up.
+
 A refusal by the workflow is a 409 ``urn:rollcall:problem:legal-rule`` problem whose ``rule``
 member names the rule (see ``workflow.Rule``); a date in the future is a 422.
 """
@@ -33,6 +38,7 @@ from services.legal.schemas import (
     TransitionIn,
     WithdrawalIn,
 )
+from shared import directory
 from shared.audit import Audit, AuditEntry
 from shared.auth import Principal, Scope, forbidden, require
 from shared.fields import IsoDate
@@ -84,12 +90,18 @@ async def may_see(conn: AsyncConnection, principal: Principal, case: Row[Any]) -
     return school_la is None or principal.la in (school_la, home_la)
 
 
-async def visible_case(conn: AsyncConnection, principal: Principal, case_id: str) -> Row[Any]:
+async def allowed_pupils(conn: AsyncConnection, rt: Runtime, principal: Principal) -> frozenset[str] | None:
+    """The pupils a social worker may see (None: the caller is not restricted to pupils)."""
+    return await directory.directory_of(rt.state, t.directory).allowed_pupils(conn, principal)
+
+
+async def visible_case(conn: AsyncConnection, principal: Principal, case_id: str, rt: Runtime) -> Row[Any]:
+    allowed = await allowed_pupils(conn, rt, principal)
     try:
         case = await cases.case_row(conn, case_id)
     except cases.NotFound:
         raise not_found() from None
-    if not await may_see(conn, principal, case):
+    if not await may_see(conn, principal, case) or (allowed is not None and case.upn not in allowed):
         raise not_found()
     return case
 
@@ -163,6 +175,9 @@ def add_routes(app: FastAPI) -> None:
         if opened_on > rt.today():
             raise wf.Refused(wf.Rule.DATE_IN_FUTURE, f"opened_on {opened_on} is after today ({rt.today()})")
         async with rt.engine.begin() as conn:
+            allowed = await allowed_pupils(conn, rt, principal)
+            if allowed is not None and upn not in allowed:
+                raise directory.pupil_refused()
             if principal.la is not None:
                 school_la = (
                     await conn.execute(select(t.schools.c.la_code).where(t.schools.c.urn == body.school_urn))
@@ -229,6 +244,9 @@ def add_routes(app: FastAPI) -> None:
         if open is not None:
             q = q.where(c.open.is_(open))
         async with rt.engine.connect() as conn:
+            allowed = await allowed_pupils(conn, rt, principal)
+            if allowed is not None:
+                q = q.where(c.upn.in_(sorted(allowed)))
             rows = (await conn.execute(q)).all()
         audit.add(upns=(r.upn for r in rows), resources=(r.id for r in rows))
         return {"items": [views.summary(r) for r in rows], "limit": limit, "offset": offset}
@@ -238,7 +256,7 @@ def add_routes(app: FastAPI) -> None:
         """The case with its state, history, deadlines, penalty notices, offences and records."""
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             return audited_case(audit, await views.case_body(conn, case, rt.today(), rt.policy))
 
     @router.patch("/cases/{case_id}")
@@ -248,7 +266,7 @@ def add_routes(app: FastAPI) -> None:
         """Assign the lead officer; add parents or correct their names (never removes a parent)."""
         rt = rt_of(request)
         async with rt.engine.begin() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             parents = [(p.id, p.name) for p in body.parents] if body.parents is not None else None
             await cases.set_details(
                 conn, case, body.lead_officer, parents, principal.sub, rt.today(), rt.now()
@@ -264,7 +282,7 @@ def add_routes(app: FastAPI) -> None:
         rt = rt_of(request)
         today = rt.today()
         async with rt.engine.begin() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             await cases.move(
                 conn,
                 case,
@@ -291,7 +309,7 @@ def add_routes(app: FastAPI) -> None:
         today = rt.today()
         issuer = principal.la or rt.policy.la_code
         async with rt.engine.begin() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             notice_id = await cases.issue_notice(
                 conn,
                 case,
@@ -327,7 +345,7 @@ def add_routes(app: FastAPI) -> None:
         """Record payment in full of the amount due on ``paid_on`` (by day 28 at the latest)."""
         rt = rt_of(request)
         async with rt.engine.begin() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             await _notice(conn, case_id, notice_id)
             await cases.record_payment(
                 conn,
@@ -349,7 +367,7 @@ def add_routes(app: FastAPI) -> None:
         """Withdraw a notice that is neither paid nor prosecuted; it then stops counting."""
         rt = rt_of(request)
         async with rt.engine.begin() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             await _notice(conn, case_id, notice_id)
             await cases.withdraw_notice(
                 conn,
@@ -372,7 +390,7 @@ def add_routes(app: FastAPI) -> None:
         a conviction or acquittal, an ESO direction breach or extension (``years``), a note."""
         rt = rt_of(request)
         async with rt.engine.begin() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             record_id = await cases.add_record(
                 conn,
                 case,
@@ -396,7 +414,7 @@ def add_routes(app: FastAPI) -> None:
         its counted sessions are the G/N/O/U marks of the period in the register held here."""
         rt = rt_of(request)
         async with rt.engine.begin() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             offence_id = await cases.add_offence(
                 conn, case, body.start, body.end, body.reason, principal.sub, rt.policy, rt.today(), rt.now()
             )
@@ -421,7 +439,7 @@ def add_routes(app: FastAPI) -> None:
             raise Problem(422, "validation", "Request is not valid", "`to` is before `from`", errors=[error])
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
-            case = await visible_case(conn, principal, case_id)
+            case = await visible_case(conn, principal, case_id, rt)
             audit.add(upns=[case.upn], resources=[case.id])
             pack = await evidence.pack(conn, case, rt.today(), rt.now(), rt.policy, start, end)
         if wants_html(request):
@@ -461,7 +479,10 @@ def add_routes(app: FastAPI) -> None:
             .join(t.cases, c.id == h.case_id)
             .where(h.kind == "transition", h.effective_on >= start, h.effective_on <= end)
         )
-        async with rt_of(request).engine.connect() as conn:
+        rt = rt_of(request)
+        async with rt.engine.connect() as conn:
+            if await allowed_pupils(conn, rt, principal) is not None:
+                raise directory.aggregate_refused()
             notice_rows = (await conn.execute(notices)).all()
             move_rows = (await conn.execute(moves)).all()
         return views.figures_body(start, end, notice_rows, move_rows)
@@ -500,6 +521,9 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(dl.case_id == case)
         items = []
         async with rt.engine.connect() as conn:
+            allowed = await allowed_pupils(conn, rt, principal)
+            if allowed is not None:
+                q = q.where(c.upn.in_(sorted(allowed)))
             rows = (await conn.execute(q)).all()
             calendars: dict[str, Any] = {}
             for r in rows:

@@ -33,9 +33,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Rollcall legal",
         description="Cases, penalty notices, statutory clocks and evidence packs (SPEC §7, §8).",
         routers=[add_routes],
-        workers=[purge_worker(privacy.RULES), worker.consume, worker.schedule],
+        workers=[purge_worker(privacy.RULES), worker.consume, worker.consume_directory, worker.schedule],
         audit=tables.audit,
         exporter=privacy.export,
+        setup=[worker.setup_directory],
     )
 
     @app.exception_handler(Refused)

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 
 from shared.audit import audit_tables
+from shared.directory import directory_tables
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -268,3 +269,6 @@ Index("ix_deadlines_status_due", deadlines.c.status, deadlines.c.due_on)
 inbox = inbox_table(metadata)
 outbox = outbox_table(metadata)
 audit = audit_tables(metadata)
+
+# notifications' directory (rollcall.directory.v1): who is a social worker, and their pupils.
+directory = directory_tables(metadata)

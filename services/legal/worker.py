@@ -23,6 +23,7 @@ from services.legal import cases, projection
 from services.legal import tables as t
 from services.legal import workflow as wf
 from services.legal.clocks import SchoolDays
+from shared import directory
 from shared.consumer import InboxConsumer
 from shared.db import try_lock
 from shared.events import CloudEvent, Topic
@@ -119,3 +120,18 @@ async def schedule(rt: Runtime) -> None:
                 log.info("deadlines_announced", count=announced)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
             log.error("scheduler_tick_failed", **error_fields(exc))
+
+
+def setup_directory(rt: Runtime) -> None:
+    directory.directory_of(rt.state, t.directory)
+
+
+async def consume_directory(rt: Runtime) -> None:
+    """Keep the local copy of notifications' directory (who is a social worker) current."""
+    await directory.consume(
+        rt.settings.kafka_bootstrap,
+        rt.settings.group,
+        rt.engine,
+        t.inbox,
+        directory.directory_of(rt.state, t.directory),
+    )

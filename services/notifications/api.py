@@ -5,7 +5,12 @@ Who may do what (CONTRACT is silent beyond the scope names; decisions):
 * ``PUT /v1/recipients/{id}``, ``PUT /v1/allocations/schools/{urn}``, every ``/v1/deliveries``
   route and all-alerts subscriptions need ``admin``.
 * ``PUT /v1/allocations/pupils/{upn}`` needs ``care:write`` (the social-care system that pushes care
-  status to ingest also allocates social workers and Early Help leads) or ``admin``.
+  status to ingest also allocates social workers and Early Help leads) or ``admin``. As at ingest,
+  care is LA-wide: a token with a ``schools`` claim is refused (403); a token with an ``la`` claim
+  reads and writes allocations only of pupils known here to live in that LA (any other UPN, known
+  or not, reads as unallocated and is a 403 to write); a social worker's or Early Help lead's own
+  token reads only their allocated pupils' allocations (others read as unallocated) and writes none.
+  Every change is published on ``rollcall.directory.v1`` (``directory``).
 * **A recipient's own token** — a token whose ``sub`` is a recipient id — reads, streams and
   acknowledges only that recipient's alerts (another recipient's alert is a 404, exactly like a
   missing one) and subscribes only for itself. Any other token with ``alerts:read`` is a system
@@ -38,8 +43,9 @@ from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.notifications import alerts, routing, schemas, worker
+from services.notifications import alerts, directory, routing, schemas, worker
 from services.notifications import tables as t
+from shared import directory as shared_directory
 from shared.audit import Audit, record_now
 from shared.auth import Principal, Scope, forbidden, require
 from shared.db import upsert
@@ -241,6 +247,8 @@ def add_routes(app: FastAPI) -> None:
         async with rt.engine.begin() as conn:
             await upsert(conn, t.recipients, [row], ["id"])
             stored = (await conn.execute(select(t.recipients).where(t.recipients.c.id == id))).one()
+            await directory.publish(conn, [directory.recipient_event(id, stored.role, stored.la_code)])
+        rt.relay.wake()
         return recipient_body(stored)
 
     @router.get("/recipients", tags=["directory"])
@@ -282,13 +290,42 @@ def add_routes(app: FastAPI) -> None:
         audit.add(upns=upns)
         return {"recipient": id, "role": row.role, "pupils": list(upns)}
 
+    async def _care_reach(conn: AsyncConnection, principal: Principal, upn: str) -> bool:
+        """Whether a ``care:write`` caller may see this pupil's allocation (see the module docstring)."""
+        if is_admin(principal):
+            return True
+        if principal.schools is not None:
+            raise forbidden("allocations are LA-wide social care, not a school's token")
+        own = (
+            await conn.execute(select(t.recipients.c.role).where(t.recipients.c.id == principal.sub))
+        ).first()
+        if own is not None and own.role in shared_directory.RESTRICTED_ROLES:
+            a = t.pupil_allocations.c
+            q = select(a.upn).where(
+                a.upn == upn, or_(a.social_worker == principal.sub, a.early_help == principal.sub)
+            )
+            return (await conn.execute(q)).first() is not None
+        if principal.la is not None:
+            p = t.pupils.c
+            q = select(p.upn).where(p.upn == upn, p.home_la_code == principal.la)
+            return (await conn.execute(q)).first() is not None
+        return True
+
     @router.put("/allocations/pupils/{upn}", tags=["directory"])
     async def put_pupil_allocation(
-        upn: UpnPath, body: schemas.PupilAllocationBody, request: Request, _: CareWriter, audit: Audit
+        upn: UpnPath, body: schemas.PupilAllocationBody, request: Request, principal: CareWriter, audit: Audit
     ) -> dict[str, Any]:
         """Replace the pupil's allocated social worker and Early Help lead (null clears one)."""
         rt = rt_of(request)
+        if principal.schools is not None:
+            raise forbidden("allocations are LA-wide social care, not a school's token")
         async with rt.engine.begin() as conn:
+            own = await conn.execute(select(t.recipients.c.role).where(t.recipients.c.id == principal.sub))
+            role = own.scalar_one_or_none()
+            if not is_admin(principal) and role in shared_directory.RESTRICTED_ROLES:
+                raise forbidden("a social worker's token does not allocate pupils")
+            if not await _care_reach(conn, principal, upn):
+                raise forbidden("the token may allocate only pupils of its LA")
             wanted = {
                 "social_worker": (body.social_worker, routing.Role.SOCIAL_WORKER),
                 "early_help": (body.early_help, routing.Role.EARLY_HELP),
@@ -301,15 +338,20 @@ def add_routes(app: FastAPI) -> None:
                 "updated_at": rt.now(),
             }
             await upsert(conn, t.pupil_allocations, [row], ["upn"])
+            await directory.publish(
+                conn, [directory.allocation_event(upn, body.social_worker, body.early_help)]
+            )
+        rt.relay.wake()
         return {"upn": upn, "social_worker": body.social_worker, "early_help": body.early_help}
 
     @router.get("/allocations/pupils/{upn}", tags=["directory"])
     async def get_pupil_allocation(
-        upn: UpnPath, request: Request, _: CareWriter, audit: Audit
+        upn: UpnPath, request: Request, principal: CareWriter, audit: Audit
     ) -> dict[str, Any]:
+        """The pupil's allocation; a pupil the caller may not see reads exactly like one never allocated."""
         async with rt_of(request).engine.connect() as conn:
             q = select(t.pupil_allocations).where(t.pupil_allocations.c.upn == upn)
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(q)).first() if await _care_reach(conn, principal, upn) else None
         return {"upn": upn, "social_worker": row.social_worker if row else None,
                 "early_help": row.early_help if row else None}  # fmt: skip
 

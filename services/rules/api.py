@@ -2,8 +2,14 @@
 
 Every endpoint needs ``attendance:read``. A token with a ``schools`` claim sees only those
 schools: another school's attendance is a 403, and a pupil who is not on one of its schools' rolls
-is a 404 exactly like a pupil who does not exist. LA-wide figures (``/la/attendance``) need an
-LA-wide token. Signals and return lists are filtered to the token's schools.
+is a 404 exactly like a pupil who does not exist; a token with an ``la`` claim sees only that LA's
+schools the same way. LA-wide figures (``/la/attendance``) need a token without ``schools`` and
+cover its ``la`` only. Signals and return lists are filtered to the schools the token may see.
+
+A social worker or Early Help lead (a non-admin token whose ``sub`` is such a recipient in
+notifications' directory, kept locally by ``shared.directory``) sees only their allocated pupils:
+another pupil is the same 404 as an unknown UPN, signals and returns are filtered to their pupils,
+and school and LA figures are a 403.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import engine, recompute, reports
 from services.rules import tables as t
+from shared import directory
 from shared.audit import Audit, AuditEntry
 from shared.auth import Principal, Scope, forbidden, require
 from shared.calendar import AcademicYear
@@ -59,6 +66,30 @@ def check_period(start: dt.date | None, end: dt.date | None) -> None:
     if start and end and end < start:
         error = {"index": None, "field": "to", "code": "date_order", "detail": "to is before from"}
         raise Problem(422, "validation", "Request is not valid", "`to` is before `from`", errors=[error])
+
+
+def pupil_not_found() -> Problem:
+    return Problem(404, "not-found", "Not found", "no pupil with this UPN that you may see")
+
+
+async def allowed_pupils(conn: AsyncConnection, rt: Runtime, principal: Principal) -> frozenset[str] | None:
+    """The pupils a social worker may see (None: the caller is not restricted to pupils)."""
+    return await directory.directory_of(rt.state, t.directory).allowed_pupils(conn, principal)
+
+
+async def no_aggregates(conn: AsyncConnection, rt: Runtime, principal: Principal) -> None:
+    if await allowed_pupils(conn, rt, principal) is not None:
+        raise directory.aggregate_refused()
+
+
+def visible_school_filter(principal: Principal, column: Any) -> Any:
+    """A WHERE clause on a school URN column for the schools the token may see (None: all)."""
+    conds: list[Any] = []
+    if principal.schools is not None:
+        conds.append(column.in_(sorted(principal.schools)))
+    if principal.la is not None:
+        conds.append(column.in_(select(t.schools.c.urn).where(t.schools.c.la_code == principal.la)))
+    return and_(*conds) if conds else None
 
 
 async def school_or_404(conn: AsyncConnection, principal: Principal, urn: str) -> Any:
@@ -140,10 +171,13 @@ def add_routes(app: FastAPI) -> None:
         check_period(start, end)
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
+            allowed = await allowed_pupils(conn, rt, principal)
+            if allowed is not None and upn not in allowed:
+                raise pupil_not_found()
             visible = await visible_schools(conn, principal)
             assessments = await assess_pupil(conn, rt, upn, visible, start, end)
         if not assessments:
-            raise Problem(404, "not-found", "Not found", "no pupil with this UPN that you may see")
+            raise pupil_not_found()
         if school is not None:
             chosen = next((a for a in assessments if a.school_urn == school), None)
             if chosen is None:
@@ -168,6 +202,7 @@ def add_routes(app: FastAPI) -> None:
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
             school = await school_or_404(conn, principal, urn)
+            await no_aggregates(conn, rt, principal)
             enrolments, period = await _enrolments(conn, rt, start, end, urn)
         return {"school_urn": urn, "name": school.name, "phase": school.phase, "period": period,
                 **reports.summary(enrolments)}  # fmt: skip
@@ -185,13 +220,20 @@ def add_routes(app: FastAPI) -> None:
         check_period(start, end)
         rt = rt_of(request)
         async with rt.engine.connect() as conn:
+            await no_aggregates(conn, rt, principal)
             enrolments, period = await _enrolments(conn, rt, start, end, None)
+            la_schools: list[str] | None = None
             if principal.la is not None:
                 enrolments = [e for e in enrolments if e.attrs["la_code"] == principal.la]
+                q = select(t.schools.c.urn).where(t.schools.c.la_code == principal.la)
+                la_schools = list((await conn.execute(q)).scalars())
             total = reports.summary(enrolments)
             year = AcademicYear.of(dt.date.fromisoformat(period["to"]))
             last = await reports.enrolments_between(
-                conn, year.first_day.replace(year=year.start_year - 1), year.first_day - dt.timedelta(days=1)
+                conn,
+                year.first_day.replace(year=year.start_year - 1),
+                year.first_day - dt.timedelta(days=1),
+                schools=la_schools,
             )
             body: dict[str, Any] = {
                 "la_code": principal.la or rt.policy.la_code,
@@ -203,8 +245,13 @@ def add_routes(app: FastAPI) -> None:
                 "severe_absence_cohort": reports.severe_cohort(enrolments),
             }
             if group_by == "week":
-                body["groups"] = await reports.weekly(conn, dt.date.fromisoformat(period["from"]),
-                                                      dt.date.fromisoformat(period["to"]))  # fmt: skip
+                first, last_day = dt.date.fromisoformat(period["from"]), dt.date.fromisoformat(period["to"])
+                if la_schools is None:
+                    body["groups"] = await reports.weekly(conn, first, last_day)
+                else:
+                    body["groups"] = reports.by_week(
+                        await reports.day_counts(conn, first, last_day, la_schools)
+                    )
             elif group_by:
                 body["groups"] = reports.grouped(enrolments, group_by)
         body["group_by"] = group_by
@@ -234,11 +281,14 @@ def add_routes(app: FastAPI) -> None:
             if principal.schools is not None and school not in principal.schools:
                 raise forbidden("the token may not read this school")
             q = q.where(s.school_urn == school)
-        if principal.schools is not None:
-            q = q.where(s.school_urn.in_(sorted(principal.schools)))
+        if (visible := visible_school_filter(principal, s.school_urn)) is not None:
+            q = q.where(visible)
         if since:
             q = q.where(s.raised_at >= since)
         async with rt.engine.connect() as conn:
+            allowed = await allowed_pupils(conn, rt, principal)
+            if allowed is not None:
+                q = q.where(s.upn.in_(sorted(allowed)))
             rows = (await conn.execute(q)).all()
         items = [
             {"id": r.id, "type": r.type, "upn": r.upn, "school_urn": r.school_urn, "episode": r.episode_key,
@@ -262,9 +312,12 @@ def add_routes(app: FastAPI) -> None:
             .where(e.type == kind, e.started_on <= last, or_(e.ended_on.is_(None), e.ended_on >= first))
             .order_by(e.school_urn, e.upn, e.started_on)
         )
-        if principal.schools is not None:
-            q = q.where(e.school_urn.in_(sorted(principal.schools)))
+        if (visible := visible_school_filter(principal, e.school_urn)) is not None:
+            q = q.where(visible)
         async with rt.engine.connect() as conn:
+            allowed = await allowed_pupils(conn, rt, principal)
+            if allowed is not None:
+                q = q.where(e.upn.in_(sorted(allowed)))
             rows = (await conn.execute(q)).all()
         pupils = [
             {

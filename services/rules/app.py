@@ -24,10 +24,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers=[
             purge_worker(privacy.RULES),
             worker.consume,
+            worker.consume_directory,
             worker.schedule,
             figures.keep_fresh,
             close_partners,
         ],
         audit=tables.audit,
         exporter=privacy.export,
+        setup=[worker.setup_directory],
     )

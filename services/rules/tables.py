@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 
 from shared.audit import audit_tables
+from shared.directory import directory_tables
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -190,3 +191,6 @@ Index("ix_signals_type", signals.c.type)
 inbox = inbox_table(metadata)
 outbox = outbox_table(metadata)
 audit = audit_tables(metadata)
+
+# notifications' directory (rollcall.directory.v1): who is a social worker, and their pupils.
+directory = directory_tables(metadata)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import projection, recompute
 from services.rules import tables as t
+from shared import directory
 from shared.consumer import InboxConsumer
 from shared.db import try_lock
 from shared.events import CloudEvent, Topic
@@ -75,3 +76,18 @@ async def schedule(rt: Runtime) -> None:
             log.info("scheduler_tick", pupils=outcome.pupils, signals=outcome.signals)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
             log.error("scheduler_tick_failed", **error_fields(exc))
+
+
+def setup_directory(rt: Runtime) -> None:
+    directory.directory_of(rt.state, t.directory)
+
+
+async def consume_directory(rt: Runtime) -> None:
+    """Keep the local copy of notifications' directory (who is a social worker) current."""
+    await directory.consume(
+        rt.settings.kafka_bootstrap,
+        rt.settings.group,
+        rt.engine,
+        t.inbox,
+        directory.directory_of(rt.state, t.directory),
+    )
