@@ -53,7 +53,20 @@ from shared.fields import IsoDate
 from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 
-Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
+_admin = require(Scope.ADMIN)
+
+
+async def la_wide_admin(request: Request) -> Principal:
+    """``admin`` for the directory and the delivery queue, which belong to the LA running Rollcall
+    (the policy's LA), never to a school or another LA: a token with a ``schools`` claim, or with an
+    ``la`` claim naming another LA, is refused (403)."""
+    principal = await _admin(request)
+    if principal.schools is not None or principal.la not in (None, rt_of(request).policy.la_code):
+        raise forbidden("the directory and the delivery queue need an admin token of this LA")
+    return principal
+
+
+Admin = Annotated[Principal, Depends(la_wide_admin)]
 Reader = Annotated[Principal, Depends(require(Scope.ALERTS_READ))]
 Writer = Annotated[Principal, Depends(require(Scope.ALERTS_WRITE))]
 CareWriter = Annotated[Principal, Depends(require(Scope.CARE_WRITE))]
@@ -110,8 +123,6 @@ class Viewer:
 
     def alerts(self, q: Select[Any]) -> Select[Any]:
         a = t.alerts.c
-        if self.admin:
-            return q
         if self.recipient is not None:
             return q.where(a.recipient == self.recipient)
         if self.schools is not None:
@@ -122,8 +133,8 @@ class Viewer:
 
 
 async def viewer_of(conn: AsyncConnection, principal: Principal) -> Viewer:
-    if is_admin(principal):
-        return Viewer(principal.sub, True, None, None, None)
+    if is_admin(principal):  # still bounded by its schools / la claims, like every other token
+        return Viewer(principal.sub, True, None, principal.schools, principal.la)
     own = (await conn.execute(select(t.recipients.c.id).where(t.recipients.c.id == principal.sub))).first()
     if own is not None:
         return Viewer(principal.sub, False, principal.sub, None, None)
@@ -216,6 +227,13 @@ async def _check_allocations(
         raise Problem(
             422, "validation", "Request is not valid", f"{len(errors)} invalid field(s)", errors=errors
         )
+
+
+async def _school_reach(conn: AsyncConnection, principal: Principal, urn: str) -> None:
+    """403 for a school outside the token's ``la`` (as far as this service knows the school's LA)."""
+    la = (await conn.execute(select(t.schools.c.la_code).where(t.schools.c.urn == urn))).scalar_one_or_none()
+    if not principal.may_act_for_school(urn, la):
+        raise forbidden("the token may not act for this school")
 
 
 def _local_host(url: str) -> bool:
@@ -357,11 +375,12 @@ def add_routes(app: FastAPI) -> None:
 
     @router.put("/allocations/schools/{urn}", tags=["directory"])
     async def put_school_allocation(
-        urn: UrnPath, body: schemas.SchoolAllocationBody, request: Request, _: Admin
+        urn: UrnPath, body: schemas.SchoolAllocationBody, request: Request, principal: Admin
     ) -> dict[str, Any]:
         """Name the school's School Attendance Officer."""
         rt = rt_of(request)
         async with rt.engine.begin() as conn:
+            await _school_reach(conn, principal, urn)
             await _check_allocations(
                 conn, {"attendance_officer": (body.attendance_officer, routing.Role.ATTENDANCE_OFFICER)}
             )
@@ -370,8 +389,9 @@ def add_routes(app: FastAPI) -> None:
         return {"urn": urn, "attendance_officer": body.attendance_officer}
 
     @router.get("/allocations/schools/{urn}", tags=["directory"])
-    async def get_school_allocation(urn: UrnPath, request: Request, _: Admin) -> dict[str, Any]:
+    async def get_school_allocation(urn: UrnPath, request: Request, principal: Admin) -> dict[str, Any]:
         async with rt_of(request).engine.connect() as conn:
+            await _school_reach(conn, principal, urn)
             q = select(t.school_allocations).where(t.school_allocations.c.urn == urn)
             row = (await conn.execute(q)).first()
         return {"urn": urn, "attendance_officer": row.attendance_officer if row else None}
@@ -393,14 +413,20 @@ def add_routes(app: FastAPI) -> None:
                 )
         async with rt.engine.begin() as conn:
             viewer = await viewer_of(conn, principal)
+            # Deliveries are not filtered by school: only an unbounded token may subscribe for others.
+            unbounded = viewer.schools is None and viewer.la is None
             if body.recipient is None:
-                if not viewer.admin:
-                    raise forbidden("a subscription to every alert needs the admin scope")
+                if not (viewer.admin and unbounded):
+                    raise forbidden("a subscription to every alert needs an LA-wide admin token")
             else:
+                if not (
+                    (viewer.admin and unbounded)
+                    or viewer.recipient == body.recipient
+                    or viewer.la_wide_system
+                ):
+                    raise forbidden("the token may subscribe only to its own alerts")
                 if not await _recipient_roles(conn, [body.recipient]):
                     raise invalid("recipient", "unknown_recipient", f"no recipient {body.recipient!r}")
-                if not (viewer.admin or viewer.recipient == body.recipient or viewer.la_wide_system):
-                    raise forbidden("the token may subscribe only to its own alerts")
             row = {
                 "id": str(uuid.uuid4()),
                 "url": body.url,

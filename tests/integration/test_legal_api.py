@@ -70,6 +70,9 @@ async def legal_app(db_url: str, **settings: Any) -> AsyncIterator[tuple[httpx.A
     async with app.router.lifespan_context(app):
         rt: Runtime = app.state.runtime
         rt.clock = lambda: NOW
+        # No Kafka here, so the directory of social workers never arrives and every non-admin
+        # request would be refused (fail closed): these tests declare it read, and empty.
+        rt.state["directory"].loaded.set()
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://legal"
         ) as client:
