@@ -236,6 +236,14 @@ def test_social_worker_sees_only_allocated_pupils(browser: Browser, caught_up: S
     r = httpx.put(f"{notifications}/v1/allocations/pupils/{allocated}", json={"social_worker": "sw-e2e"},
                   headers=ADMIN)  # fmt: skip
     assert r.status_code == 200, r.text
+    # The rules service learns of the allocation from rollcall.directory.v1 (milliseconds later).
+    sw_api = {"Authorization": f"Bearer {token('sw-e2e')}"}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        allowed = httpx.get(f"{stack.rules}/v1/pupils/{allocated}/attendance", headers=sw_api).status_code
+        if allowed == 200 and httpx.get(f"{stack.rules}/v1/la/attendance", headers=sw_api).status_code == 403:
+            break
+        time.sleep(0.2)
     page = signed_in(browser, stack, token("sw-e2e"))
     expect(page).to_have_url(re.compile(r"/dashboard/pupils$"))
     assert [a.inner_text() for a in page.locator("#pupils tbody a").all()] == [allocated]
