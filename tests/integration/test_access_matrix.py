@@ -239,7 +239,7 @@ class World:
             "/v1/schools/{urn}/pupils": {"pupils": [self.p1]},
             "/v1/pupils/{upn}/care": {"cin": True, "cp": True, "cla": True, "early_help": True, "etac": True},
             "/v1/schools/{urn}/marks": {"marks": [{"upn": p1, "date": "2025-01-20", "session": "AM", "code": "/"}]},  # noqa: E501
-            "/v1/cases": {"upn": p1, "school_urn": a, "parents": [{"id": "X1", "name": "Matrix Parent"}], "lead_officer": "lo-m"},
+            "/v1/cases": {"upn": p1, "school_urn": a, "parents": [{"id": "X1", "name": "Matrix Parent"}], "lead_officer": "lo-m"},  # noqa: E501
             "/v1/cases/{case_id}": {"lead_officer": "lo-matrix"},
             "/v1/cases/{case_id}/transitions": {"to": "notice_to_improve", "reason": "matrix"},
             "/v1/cases/{case_id}/penalty-notices": {"parent_id": self.p1["parents"][0]["id"], "issued_on": "2025-03-03"},  # noqa: E501
@@ -484,3 +484,31 @@ async def test_no_caller_reaches_another_school_another_la_or_an_unallocated_pup
         assert await snapshot(clients, w) == before, "a refused request changed something"
         print(f"access matrix: {checks} checks over {len(EXPECT)} operations")
         assert checks >= 100
+
+
+async def test_fail_closed_until_the_directory_is_read(tmp_path: Any) -> None:
+    """With no broker, the directory of social workers never arrives: a non-admin caller is refused
+    (503, Retry-After) rather than treated as an LA officer; admin is never restricted."""
+    from services.legal.app import create_app
+    from shared.migrate import upgrade
+    from shared.settings import Settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'legal.db'}"
+    await asyncio.to_thread(upgrade, "legal", url)
+    config = Settings(service="legal", env="test", database_url=url, kafka_bootstrap="127.0.0.1:9",
+                      relay_enabled=False, scheduler_seconds=3600, rate_limit_enabled=False)  # fmt: skip
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        app.state.runtime.state["directory"].wait_seconds = 0.3
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://legal") as client:
+            for claims in ({}, {"la": "343"}, {"schools": ["104001"]}):
+                r = await client.get("/v1/cases", headers=scoped_token("legal:read", **claims))
+                assert r.status_code == 503, (claims, r.text)
+                assert r.headers["retry-after"] == "5"
+                assert r.json()["type"] == "urn:rollcall:problem:unavailable"
+            r = await client.get("/v1/cases", headers=scoped_token("admin"))
+            assert r.status_code == 200, r.text
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["directory"] == "loading"
