@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+from pydantic import ValidationError
 from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -41,6 +43,8 @@ from shared.consumer import InboxConsumer
 from shared.db import upsert
 from shared.events import AllocationData, CloudEvent, RecipientData, Topic
 from shared.problems import Problem
+
+log = structlog.get_logger()
 
 RECIPIENT_UPDATED = "recipient.updated"
 ALLOCATION_UPDATED = "allocation.updated"
@@ -86,12 +90,21 @@ async def apply(conn: AsyncConnection, tables: DirectoryTables, events: Sequence
     """Store the effect of directory events, in order (each replaces what it describes)."""
     now = dt.datetime.now(dt.UTC)
     for event in events:
-        if event.type == RECIPIENT_UPDATED:
-            r = RecipientData.model_validate(event.data)
+        try:
+            data: RecipientData | AllocationData | None = None
+            if event.type == RECIPIENT_UPDATED:
+                data = RecipientData.model_validate(event.data)
+            elif event.type == ALLOCATION_UPDATED:
+                data = AllocationData.model_validate(event.data)
+        except ValidationError:
+            log.error("directory_event_invalid", event_id=event.id, event_type=event.type)
+            continue  # one bad event must not stall the directory (and with it every reader)
+        if isinstance(data, RecipientData):
+            r = data
             row = {"id": r.id, "role": r.role, "la_code": r.la_code, "updated_at": now}
             await upsert(conn, tables.recipients, [row], ["id"])
-        elif event.type == ALLOCATION_UPDATED:
-            a = AllocationData.model_validate(event.data)
+        elif isinstance(data, AllocationData):
+            a = data
             await conn.execute(delete(tables.allocations).where(tables.allocations.c.upn == a.upn))
             ids = sorted(set(a.recipients))
             if ids:

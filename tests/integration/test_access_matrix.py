@@ -512,3 +512,51 @@ async def test_fail_closed_until_the_directory_is_read(tmp_path: Any) -> None:
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"]["directory"] == "loading"
+
+
+async def test_directory_events_replace_what_they_describe(tmp_path: Any) -> None:
+    """The local copy: an allocation event replaces the pupil's whole set (an empty one clears it),
+    a recipient event its role; an invalid event is skipped, not retried forever."""
+    from services.rules import tables as rules_tables
+    from shared import directory
+    from shared.auth import Principal
+    from shared.db import create_engine
+    from shared.events import CloudEvent
+    from shared.migrate import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'rules.db'}"
+    await asyncio.to_thread(upgrade, "rules", url)
+    engine = create_engine(url)
+    d = directory.Directory(rules_tables.directory)
+    d.loaded.set()
+
+    def event(type_: str, data: dict[str, Any]) -> CloudEvent:
+        return CloudEvent(
+            id=str(uuid.uuid4()), source="/test", type=type_, time=dt.datetime.now(dt.UTC), data=data
+        )
+
+    def who(sub: str, scope: str = "attendance:read") -> Principal:
+        return Principal(sub=sub, scopes=frozenset(scope.split()), schools=None, la=None)
+
+    try:
+        async with engine.begin() as conn:
+            await directory.apply(conn, d.tables, [
+                event("recipient.updated", {"id": "sw-d", "role": "social_worker"}),
+                event("recipient.updated", {"id": "ao-d", "role": "attendance_officer"}),
+                event("allocation.updated", {"upn": "A1", "recipients": ["sw-d"]}),
+                event("allocation.updated", {"upn": "A2", "recipients": ["sw-d", "eh-d"]}),
+                event("allocation.updated", {"upn": 7}),  # invalid: skipped
+            ])  # fmt: skip
+        async with engine.connect() as conn:
+            assert await d.allowed_pupils(conn, who("sw-d")) == {"A1", "A2"}
+            assert await d.allowed_pupils(conn, who("sw-d", "admin")) is None
+            assert await d.allowed_pupils(conn, who("ao-d")) is None
+            assert await d.allowed_pupils(conn, who("nobody")) is None
+        async with engine.begin() as conn:
+            await directory.apply(
+                conn, d.tables, [event("allocation.updated", {"upn": "A1", "recipients": []})]
+            )
+        async with engine.connect() as conn:
+            assert await d.allowed_pupils(conn, who("sw-d")) == {"A2"}
+    finally:
+        await engine.dispose()
