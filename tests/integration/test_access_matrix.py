@@ -20,7 +20,9 @@ import httpx
 import jwt
 import orjson
 import pytest
+from sqlalchemy import select
 
+from services.notifications import tables as notification_tables
 from shared.settings import DEV_JWT_SECRET
 from shared.upn import make_upn
 from tests.integration.ingest_fixtures import TERMS_2024_25, pupil, school_body, service_client, setup_school
@@ -284,10 +286,10 @@ async def poll(check: Any, what: str, seconds: float = 90) -> Any:
 async def seed(clients: dict[str, httpx.AsyncClient]) -> World:
     ingest, rules, legal, notes = (clients[s] for s in SERVICES)
     uid = uuid.uuid4().hex[:6]
-    estab = 7000 + os.getpid() % 2000
-    base = 170000 + (os.getpid() % 900) * 10 + int(uid, 16) % 10
-    urn_a, urn_b = str(base * 10 + 1), str(base * 10 + 2)
-    serial = int(uid, 16) % 990
+    n = int(uid, 16)  # the topics are shared by every test of the run: ids of this run's own
+    estab = 7000 + (n + os.getpid()) % 2000
+    urn_a, urn_b = str(1100000 + 2 * (n % 400000)), str(1100001 + 2 * (n % 400000))
+    serial = n % 990
     p1 = pupil(serial + 1, estab, given_name=NAMES[1][0], family_name=NAMES[1][1],
                parents=[{"id": f"PQ{uid}", "name": NAMES[1][2]}])  # fmt: skip
     p2 = pupil(serial + 2, estab, given_name=NAMES[2][0], family_name=NAMES[2][1],
@@ -301,14 +303,8 @@ async def seed(clients: dict[str, httpx.AsyncClient]) -> World:
     # (legal opens a case, notifications alerts school A's attendance officer).
     days = [dt.date(2025, 1, 6) + dt.timedelta(days=i) for i in range(12)]
     days = [d for d in days if d.weekday() < 5][:10]
-    for urn, who, code in ((urn_a, p1, "O"), (urn_a, p2, "O"), (urn_b, pb, "O")):
-        marks = [{"upn": who["upn"], "date": d.isoformat(), "session": s, "code": code}
-                 for d in days for s in ("AM", "PM")]  # fmt: skip
-        r = await ingest.post(f"/v1/schools/{urn}/marks", json={"marks": marks}, headers=admin)
-        assert r.status_code == 200, r.text
-        assert r.json()["accepted"] == 20, r.text
-    # The directory: school A's attendance officer (with a webhook, so deliveries exist) and a
-    # social worker allocated P2 only.
+    # The directory first (a signal routed before it exists pages nobody): school A's attendance
+    # officer (with a webhook, so deliveries exist) and a social worker allocated P2 only.
     for rid, role in ((w.ao, "attendance_officer"), (w.sw, "social_worker")):
         r = await notes.put(f"/v1/recipients/{rid}", json={"name": rid, "role": role}, headers=admin)
         assert r.status_code == 200, r.text
@@ -320,6 +316,19 @@ async def seed(clients: dict[str, httpx.AsyncClient]) -> World:
     r = await notes.post("/v1/subscriptions", json=sub, headers=admin)
     assert r.status_code == 201, r.text
     w.subscription_id = r.json()["id"]
+
+    async def school_known() -> bool:  # routing reads the school's LA from the registry topic
+        async with notes.app.state.runtime.engine.connect() as conn:  # type: ignore[attr-defined]
+            q = select(notification_tables.schools.c.urn).where(notification_tables.schools.c.urn == urn_a)
+            return (await conn.execute(q)).first() is not None
+
+    await poll(school_known, "notifications to know school A")
+    for urn, who, code in ((urn_a, p1, "O"), (urn_a, p2, "O"), (urn_b, pb, "O")):
+        marks = [{"upn": who["upn"], "date": d.isoformat(), "session": s, "code": code}
+                 for d in days for s in ("AM", "PM")]  # fmt: skip
+        r = await ingest.post(f"/v1/schools/{urn}/marks", json={"marks": marks}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 20, r.text
 
     async def case() -> str | None:
         r = await legal.get("/v1/cases", params={"upn": p1["upn"]}, headers=admin)
@@ -482,6 +491,19 @@ async def test_no_caller_reaches_another_school_another_la_or_an_unallocated_pup
                         checks += 1
                     checks += 1
         assert await snapshot(clients, w) == before, "a refused request changed something"
+        # The reach of an `la` care writer: its own LA's pupil yes; another's or an unknown UPN, the same 403.
+        care = w.body("PUT", "/v1/pupils/{upn}/care")
+        own = await ingest.put(
+            f"/v1/pupils/{w.p1['upn']}/care", json=care, headers=scoped_token("care:write", la="343")
+        )
+        assert own.status_code == 200, own.text
+        unknown = f"/v1/pupils/{w.unknown('')['upn']}/care"
+        for path in (unknown, f"/v1/pupils/{w.p1['upn']}/care"):
+            r = await ingest.put(path, json=care, headers=scoped_token("care:write", la="340"))
+            assert r.status_code == 403, r.text
+            assert (
+                without_instance(r.content)["detail"] == "the token may write care only for pupils of its LA"
+            )
         print(f"access matrix: {checks} checks over {len(EXPECT)} operations")
         assert checks >= 100
 
