@@ -53,8 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import Principal, require
-from shared.auth import Scope as AuthScope
+from shared.auth import Principal, require_la_admin
 from shared.fields import IsoDateTime
 from shared.observability import error_fields
 from shared.problems import problem_responses
@@ -250,7 +249,7 @@ def install_audit(app: FastAPI, service: str, tables: AuditTables) -> None:
     add_audit_routes(app, tables)
 
 
-Admin = Annotated[Principal, Depends(require(AuthScope.ADMIN))]
+Admin = Annotated[Principal, Depends(require_la_admin())]  # never filtered by school or LA
 PROBLEMS = problem_responses({401: "No or invalid token", 403: "Not allowed", 422: "Invalid query"})
 
 

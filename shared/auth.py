@@ -168,6 +168,25 @@ def require(*scopes: Scope) -> Callable[[Request], Coroutine[Any, Any, Principal
     return dependency
 
 
+def require_la_admin() -> Callable[[Request], Coroutine[Any, Any, Principal]]:
+    """``admin`` for what belongs to the LA running Rollcall as a whole (the directory, the delivery
+    queue, the audit log, subject-access exports): a token with a ``schools`` claim, or with an
+    ``la`` claim naming another LA than the policy's, is refused (403) — none of these is filtered
+    by school or LA."""
+    admin = require(Scope.ADMIN)
+
+    async def dependency(request: Request) -> Principal:
+        principal = await admin(request)
+        own_la = request.app.state.runtime.policy.la_code
+        if principal.schools is not None or principal.la not in (None, own_la):
+            raise forbidden(
+                "this needs an admin token of the LA running Rollcall, not a school's or another LA's"
+            )
+        return principal
+
+    return dependency
+
+
 def mint_token(
     secret: str,
     sub: str,

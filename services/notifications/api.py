@@ -47,26 +47,15 @@ from services.notifications import alerts, directory, routing, schemas, worker
 from services.notifications import tables as t
 from shared import directory as shared_directory
 from shared.audit import Audit, record_now
-from shared.auth import Principal, Scope, forbidden, require
+from shared.auth import Principal, Scope, forbidden, require, require_la_admin
 from shared.db import upsert
 from shared.fields import IsoDate
 from shared.problems import Problem, problem_responses
 from shared.service import Runtime
 
-_admin = require(Scope.ADMIN)
-
-
-async def la_wide_admin(request: Request) -> Principal:
-    """``admin`` for the directory and the delivery queue, which belong to the LA running Rollcall
-    (the policy's LA), never to a school or another LA: a token with a ``schools`` claim, or with an
-    ``la`` claim naming another LA, is refused (403)."""
-    principal = await _admin(request)
-    if principal.schools is not None or principal.la not in (None, rt_of(request).policy.la_code):
-        raise forbidden("the directory and the delivery queue need an admin token of this LA")
-    return principal
-
-
-Admin = Annotated[Principal, Depends(la_wide_admin)]
+# The directory and the delivery queue belong to the LA running Rollcall (the policy's LA), never to
+# a school or another LA: a ``schools`` token or another LA's is refused (403).
+Admin = Annotated[Principal, Depends(require_la_admin())]
 Reader = Annotated[Principal, Depends(require(Scope.ALERTS_READ))]
 Writer = Annotated[Principal, Depends(require(Scope.ALERTS_WRITE))]
 CareWriter = Annotated[Principal, Depends(require(Scope.CARE_WRITE))]

@@ -184,6 +184,11 @@ EXPECT: dict[tuple[str, str, str], Expect] = {
     ("notifications", "POST", "/v1/deliveries/{seq}/retry"): (FORBID, FORBID, ADMIN_ONLY),
 }
 
+LA_ADMIN = (FORBID, FORBID, ADMIN_ONLY)  # never filtered by school or LA: refused outright
+for _service in SERVICES:  # the audit log and the subject-access export (shared.audit), in every service
+    EXPECT[(_service, "GET", "/v1/audit")] = LA_ADMIN
+    EXPECT[(_service, "GET", "/v1/pupils/{upn}/export")] = LA_ADMIN
+
 # Query parameters an operation requires (and a filter pointing at school A's pupil where useful).
 QUERIES: dict[str, dict[str, str]] = {
     "/v1/returns/attendance": {"month": "2025-01"},
@@ -447,6 +452,8 @@ async def test_no_caller_reaches_another_school_another_la_or_an_unallocated_pup
             ]
             unclassified = [op for op in ops if (service, *op) not in EXPECT]
             assert not unclassified, f"classify these operations in EXPECT: {unclassified}"
+            stale = [k for k in EXPECT if k[0] == service and (k[1], k[2]) not in ops]
+            assert not stale, f"EXPECT names operations that no longer exist: {stale}"
             for method, template in ops:
                 scope = await operation_scope(client, method, template.format(**w.params(template)))
                 callers = [
