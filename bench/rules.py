@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -26,7 +27,10 @@ from typing import Any
 
 import httpx
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import func, select
 
+from bench import summary
 from bench.stack import free_port, register_school, school_days, start_service
 from borough.generate import Borough
 from deploy.kafka import Broker
@@ -186,9 +190,32 @@ async def fill_rules_db(url: str, seed: int, scale: float) -> tuple[list[str], i
     return sorted(set(upns)), n_marks
 
 
-async def bench_recompute(url: str, seed: int, scale: float) -> dict[str, float]:
+async def reuse_rules_db(source: Path, target: Path) -> tuple[list[str], int]:
+    """A copy of an existing rules database (e.g. the dashboard benchmark's whole borough), migrated,
+    with everything the rules compute emptied, so the recompute starts from the registry and
+    register alone, as after a fresh load."""
+    await asyncio.to_thread(shutil.copyfile, source, target)
+    url = f"sqlite+aiosqlite:///{target}"
+    await asyncio.to_thread(upgrade, "rules", url)
+    db = create_engine(url)
+    try:
+        async with db.begin() as conn:
+            for table in (t.assessments, t.episodes, t.signals, t.outbox, t.inbox):
+                await conn.execute(table.delete())
+        async with db.connect() as conn:
+            upns = sorted((await conn.execute(select(t.pupils.c.upn))).scalars())
+            n_marks = (await conn.execute(select(func.count()).select_from(t.register))).scalar_one()
+    finally:
+        await db.dispose()
+    return upns, n_marks
+
+
+async def bench_recompute(url: str, seed: int, scale: float, reuse: Path | None = None) -> dict[str, float]:
     t0 = time.perf_counter()
-    upns, n_marks = await fill_rules_db(url, seed, scale)
+    if reuse is not None:
+        upns, n_marks = await reuse_rules_db(reuse, Path(url.split(":///", 1)[1]))
+    else:
+        upns, n_marks = await fill_rules_db(url, seed, scale)
     fill_s = time.perf_counter() - t0
     policy = load_policy()
     today, now = dt.date(2025, 7, 22), dt.datetime(2025, 7, 22, 16, tzinfo=dt.UTC)
@@ -277,6 +304,131 @@ async def bench_latency(bootstrap: str, work: Path, samples: int) -> dict[str, f
     }
 
 
+async def _group_progress(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
+    """(offsets the group has committed, end offsets) summed over ``topic``'s partitions."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
+        ends = await probe.end_offsets(tps)
+        committed = [await probe.committed(tp) or 0 for tp in tps]
+        return sum(committed), sum(ends.values())
+    finally:
+        await probe.stop()
+
+
+async def bench_consume(bootstrap: str, work: Path, pupils: int, days: int) -> dict[str, float]:
+    """How fast rules consumes marks: ingest takes ``days`` school days of marks for ``pupils``
+    pupils (two schools) and publishes them; ingest stops; rules then starts with a fresh group
+    and is timed from its first committed batch until it has consumed everything."""
+    ingest, ingest_url = await start_service(
+        "ingest", f"sqlite+aiosqlite:///{work / 'consume-ingest.db'}", bootstrap
+    )
+    marks = 0
+    try:
+        async with httpx.AsyncClient(base_url=ingest_url, timeout=300) as client:
+            per_school = pupils // 2
+            schools = [
+                (urn, *(await register_school(client, urn, 6100 + k, per_school)))
+                for k, urn in enumerate(("160101", "160102"))
+            ]
+            for d in school_days(days):
+                for urn, headers, upns in schools:
+                    body = [
+                        {"upn": u, "date": d.isoformat(), "session": s, "code": "N" if k % 17 == 0 else "/"}
+                        for s in ("AM", "PM")
+                        for k, u in enumerate(upns)
+                    ]
+                    r = await client.post(
+                        f"/v1/schools/{urn}/marks", content=orjson.dumps({"marks": body}), headers=headers
+                    )
+                    r.raise_for_status()
+                    marks += len(body)
+        for _ in range(600):  # every mark on Kafka
+            _, end = await _group_progress(bootstrap, "bench-none", Topic.MARKS)
+            if end >= marks:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        ingest.terminate()
+        ingest.wait(timeout=30)
+    group = f"bench-consume-{uuid.uuid4().hex[:6]}"
+    rules, _ = await start_service(
+        "rules",
+        f"sqlite+aiosqlite:///{work / 'consume-rules.db'}",
+        bootstrap,
+        ROLLCALL_CONSUMER_GROUP=group,
+        ROLLCALL_SCHEDULER_SECONDS="3600",
+    )
+    try:
+        first_done, first_at = 0, 0.0
+        while True:
+            done, end = await _group_progress(bootstrap, group, Topic.MARKS)
+            now = time.perf_counter()
+            if done and not first_at:
+                first_done, first_at = done, now
+            if done >= end:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        rules.terminate()
+        rules.wait(timeout=30)
+    seconds = now - first_at
+    return {"marks": marks, "measured": done - first_done, "seconds": seconds,
+            "rate": (done - first_done) / seconds if seconds > 0 else 0.0}  # fmt: skip
+
+
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of process ``pid`` in MiB (Linux /proc)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+async def bench_attendance(
+    db_url: str, bootstrap: str, work: Path, rate: float, duration: float
+) -> dict[str, Any]:
+    """GET /v1/pupils/{upn}/attendance at ``rate`` requests/s (open loop, ``bench.load`` in its own
+    process) against rules under uvicorn on the recomputed database; then the process's RSS."""
+    db = create_engine(db_url)
+    try:
+        async with db.connect() as conn:
+            upns = list((await conn.execute(select(t.enrolments.c.upn).order_by(func.random()))).scalars())
+    finally:
+        await db.dispose()
+    upns_file = work / "upns.txt"
+    upns_file.write_text("\n".join(upns[:20_000]) + "\n", encoding="ascii")
+    rules, base = await start_service(
+        "rules",
+        db_url,
+        bootstrap,
+        ROLLCALL_CONSUMER_GROUP=f"bench-get-{uuid.uuid4().hex[:6]}",
+        ROLLCALL_SCHEDULER_SECONDS="3600",
+        ROLLCALL_TODAY="2025-07-22",
+    )
+    try:
+        loaded_rss = _rss_mib(rules.pid)[0]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.load", "--url", base, "--json", "--mode", "attendance",
+            "--upns-file", str(upns_file), "--rate", str(rate), "--duration", str(duration),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.load --mode attendance failed ({proc.returncode})")
+        summary: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+        rss, peak = _rss_mib(rules.pid)
+    finally:
+        rules.terminate()
+        rules.wait(timeout=30)
+    rss_fields = {"rss_loaded_mib": loaded_rss, "rss_mib": rss, "rss_peak_mib": peak}
+    return {**summary, "pupils": len(upns), **rss_fields}
+
+
+WHOLE_BOROUGH = 38_025  # pupils of the synthetic borough at scale 1.0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench rules",
@@ -288,18 +440,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--db-scale", type=float, default=0.1, help="borough scale for the database recompute"
     )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        help="reuse this rules SQLite database (copied) for the recompute and the reads, e.g. the "
+        "dashboard benchmark's whole borough; --db-scale is then ignored",
+    )
     parser.add_argument("--samples", type=int, default=300, help="marks timed to their signal")
+    parser.add_argument("--consume-pupils", type=int, default=3000, help="pupils whose marks rules consumes")
+    parser.add_argument("--consume-days", type=int, default=30, help="school days of their marks")
+    parser.add_argument("--get-rate", type=float, default=200, help="attendance reads per second")
+    parser.add_argument("--get-duration", type=float, default=30, help="seconds of attendance reads")
+    parser.add_argument("--skip-engine", action="store_true", help="skip the pure-engine benchmark")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-rules-"))
     broker = Broker(work / "kafka", free_port(), free_port())
     broker.start()
     asyncio.run(kafka.ensure_topics(broker.bootstrap))
+    rules_url = f"sqlite+aiosqlite:///{work / 'rules.db'}"
     try:
         lat = asyncio.run(bench_latency(broker.bootstrap, work, args.samples))
-        rec = asyncio.run(
-            bench_recompute(f"sqlite+aiosqlite:///{work / 'rules.db'}", args.seed, args.db_scale)
+        rec = asyncio.run(bench_recompute(rules_url, args.seed, args.db_scale, args.db))
+        get = asyncio.run(
+            bench_attendance(rules_url, broker.bootstrap, work, args.get_rate, args.get_duration)
         )
-        eng = bench_engine(args.seed, args.scale)
+        con = asyncio.run(bench_consume(broker.bootstrap, work, args.consume_pupils, args.consume_days))
+        eng = None if args.skip_engine else bench_engine(args.seed, args.scale)
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
@@ -308,15 +474,45 @@ def main(argv: list[str] | None = None) -> None:
         f"mark → signal on Kafka (at rest, {lat['samples']:.0f} marks): p50 {lat['p50_ms']:.1f} ms, "
         f"p99 {lat['p99_ms']:.1f} ms"
     )
+    if eng is not None:
+        print(
+            f"engine, whole borough year (scale {args.scale}): {eng['pupils']:.0f} pupils, "
+            f"{eng['marks']:.0f} marks "
+            f"assessed in {eng['engine_s']:.1f} s ({eng['pupils'] / eng['engine_s']:.0f} pupils/s); "
+            f"with generation {eng['total_s']:.1f} s"
+        )
+    source = f"{args.db.name}" if args.db else f"scale {args.db_scale}"
+    per_s = rec["pupils"] / rec["recompute_s"]
     print(
-        f"engine, whole borough year (scale {args.scale}): {eng['pupils']:.0f} pupils, "
-        f"{eng['marks']:.0f} marks "
-        f"assessed in {eng['engine_s']:.1f} s ({eng['pupils'] / eng['engine_s']:.0f} pupils/s); "
-        f"with generation {eng['total_s']:.1f} s"
+        f"recompute from SQLite ({source}): {rec['pupils']:.0f} pupils, {rec['marks']:.0f} marks "
+        f"in {rec['recompute_s']:.1f} s ({per_s:.0f} pupils/s, "
+        f"{rec['signals']:.0f} signals); database prepared in {rec['fill_s']:.1f} s"
+    )
+    whole = rec["recompute_s"] if rec["pupils"] >= WHOLE_BOROUGH else WHOLE_BOROUGH / per_s
+    extrapolated = (
+        "" if rec["pupils"] >= WHOLE_BOROUGH else f" (extrapolated from {rec['pupils']:.0f} pupils)"
     )
     print(
-        f"recompute from SQLite (scale {args.db_scale}): {rec['pupils']:.0f} pupils, "
-        f"{rec['marks']:.0f} marks "
-        f"in {rec['recompute_s']:.1f} s ({rec['pupils'] / rec['recompute_s']:.0f} pupils/s, "
-        f"{rec['signals']:.0f} signals); database filled in {rec['fill_s']:.1f} s"
+        f"rules consumption: {con['measured']:.0f} marks in {con['seconds']:.1f} s = "
+        f"{con['rate']:.0f} marks/s "
+        f"({args.consume_pupils} pupils, {args.consume_days} school days)"
     )
+    lat_ms = get["latency_ms"]
+    print(
+        f"GET /v1/pupils/{{upn}}/attendance at {args.get_rate:g}/s over {get['pupils']} enrolments: "
+        f"{get['requests']} ok, {get['errors']} errors, p50 {lat_ms['p50']:.1f} ms, "
+        f"p99 {lat_ms['p99']:.1f} ms, "
+        f"max {lat_ms['max']:.1f} ms"
+    )
+    print(
+        f"rules RSS with the database loaded: {get['rss_loaded_mib']:.0f} MiB at start, "
+        f"{get['rss_mib']:.0f} MiB after the reads (peak {get['rss_peak_mib']:.0f} MiB)"
+    )
+    summary.add("recompute a borough's whole year", "< 30 s", f"{whole:.1f} s{extrapolated}")
+    summary.add("rules consumption", "keeps up with ingest", f"{con['rate']:,.0f} marks/s")
+    summary.add(
+        "GET /v1/pupils/{upn}/attendance at 200/s",
+        "p99 < 20 ms",
+        f"p50 {lat_ms['p50']:.1f} ms, p99 {lat_ms['p99']:.1f} ms ({get['pupils']} enrolments)",
+    )
+    summary.add("rules RSS, borough loaded", "< 1 GiB", f"{get['rss_peak_mib']:.0f} MiB peak")
