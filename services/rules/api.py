@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import engine, recompute, reports
 from services.rules import tables as t
+from services.rules.worker import calendar_cache
 from shared.audit import Audit, AuditEntry
 from shared.auth import Principal, Scope, forbidden, require
 from shared.calendar import AcademicYear
@@ -307,7 +308,8 @@ async def assess_pupil(
     end: dt.date | None = None,
 ) -> list[engine.Assessment]:
     """The pupil's assessments at the schools the caller may see (none: unknown or not visible)."""
-    inputs = await recompute.load_inputs(conn, [upn], recompute.CalendarCache())
+    # The service's calendar cache: building a school's calendars costs more than the assessment.
+    inputs = await recompute.load_inputs(conn, [upn], calendar_cache(rt))
     pupil = inputs.get(upn)
     if pupil is None:
         return []
