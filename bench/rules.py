@@ -1,13 +1,24 @@
-"""Rules benchmarks (issue 3): mark-to-signal latency, and recomputing the borough's year.
+"""Rules benchmarks (issues 3 and 8): mark-to-signal latency, recomputing the borough's year,
+consumption rate, attendance reads under load and the service's memory.
 
 * **mark → signal**: ingest and rules under uvicorn with real Kafka; one absence mark at a time
   is POSTed for a looked-after pupil and timed until its ``signal.first_day_absence`` is read
   from ``rollcall.signals.v1`` (closed loop, at rest).
-* **engine, whole borough**: the pure engine assessing every enrolment of the synthetic borough's
-  whole year (≈ 38,000 pupils × 380 sessions), registers built by the generator in memory.
 * **recompute from the database**: the rules service's recompute (load registry and register
   from its database, assess, store assessments and episodes, write signals to the outbox) over
-  every pupil of a borough loaded straight into a fresh database, 1,000 pupils a transaction.
+  every pupil, 1,000 pupils a transaction, twice: first with nothing computed yet (every episode
+  new, every signal raised), then again with nothing changed (the diff only). The database is a
+  borough loaded straight into a fresh one (``--db-scale``), or a copy of an existing rules
+  database (``--db``, e.g. the dashboard benchmark's whole borough) with its computed tables
+  emptied. ``--workers N`` assesses in N worker processes.
+* **attendance reads**: ``GET /v1/pupils/{upn}/attendance`` at ``--get-rate`` requests/s, open
+  loop from ``bench.load --mode attendance`` in its own process, against rules under uvicorn on
+  that recomputed database; then the rules process's resident memory (current and peak).
+* **consumption**: ingest takes ``--consume-days`` school days of marks for
+  ``--consume-pupils`` pupils and publishes them; rules then starts on a fresh consumer group
+  and is timed from its first committed batch to the last (marks/s it can take).
+* **engine, whole borough**: the pure engine assessing every enrolment of the synthetic borough's
+  whole year (≈ 38,000 pupils × 380 sessions), registers built by the generator in memory.
 """
 
 from __future__ import annotations
