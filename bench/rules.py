@@ -332,6 +332,7 @@ async def _group_progress(bootstrap: str, group: str, topic: str) -> tuple[int, 
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await probe.start()
     try:
+        await probe.topics()  # metadata for every topic, so partitions_for_topic knows this one
         tps = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
         ends = await probe.end_offsets(tps)
         committed = [await probe.committed(tp) or 0 for tp in tps]
@@ -478,7 +479,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="assessor processes for the recompute (0: none)"
     )
+    parser.add_argument(
+        "--only",
+        default="latency,recompute,get,consume,engine",
+        help="comma-separated phases to run (get needs recompute)",
+    )
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-rules-"))
     broker = Broker(work / "kafka", free_port(), free_port())
     broker.start()
@@ -486,26 +493,30 @@ def main(argv: list[str] | None = None) -> None:
     rules_url = f"sqlite+aiosqlite:///{work / 'rules.db'}"
     try:
         print(f"\nrules — {os.cpu_count()} cores", flush=True)
-        lat = asyncio.run(bench_latency(broker.bootstrap, work, args.samples))
-        print(
-            f"mark → signal on Kafka (at rest, {lat['samples']:.0f} marks): p50 {lat['p50_ms']:.1f} ms, "
-            f"p99 {lat['p99_ms']:.1f} ms",
-            flush=True,
-        )
-        rec = asyncio.run(bench_recompute(rules_url, args.seed, args.db_scale, args.db, args.workers))
-        report_recompute(rec, f"{args.db.name}" if args.db else f"scale {args.db_scale}", args.workers)
-        get = asyncio.run(
-            bench_attendance(rules_url, broker.bootstrap, work, args.get_rate, args.get_duration)
-        )
-        report_attendance(get, args.get_rate)
-        con = asyncio.run(bench_consume(broker.bootstrap, work, args.consume_pupils, args.consume_days))
-        print(
-            f"rules consumption: {con['measured']:.0f} marks in {con['seconds']:.1f} s = "
-            f"{con['rate']:.0f} marks/s ({args.consume_pupils} pupils, {args.consume_days} school days)",
-            flush=True,
-        )
-        summary.add("rules consumption", "keeps up with ingest", f"{con['rate']:,.0f} marks/s")
-        if not args.skip_engine:
+        if "latency" in only:
+            lat = asyncio.run(bench_latency(broker.bootstrap, work, args.samples))
+            print(
+                f"mark → signal on Kafka (at rest, {lat['samples']:.0f} marks): "
+                f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms",
+                flush=True,
+            )
+        if "recompute" in only:
+            rec = asyncio.run(bench_recompute(rules_url, args.seed, args.db_scale, args.db, args.workers))
+            report_recompute(rec, f"{args.db.name}" if args.db else f"scale {args.db_scale}", args.workers)
+        if "get" in only:
+            get = asyncio.run(
+                bench_attendance(rules_url, broker.bootstrap, work, args.get_rate, args.get_duration)
+            )
+            report_attendance(get, args.get_rate)
+        if "consume" in only:
+            con = asyncio.run(bench_consume(broker.bootstrap, work, args.consume_pupils, args.consume_days))
+            print(
+                f"rules consumption: {con['measured']:.0f} marks in {con['seconds']:.1f} s = "
+                f"{con['rate']:.0f} marks/s ({args.consume_pupils} pupils, {args.consume_days} school days)",
+                flush=True,
+            )
+            summary.add("rules consumption", "keeps up with ingest", f"{con['rate']:,.0f} marks/s")
+        if "engine" in only and not args.skip_engine:
             eng = bench_engine(args.seed, args.scale)
             print(
                 f"engine, whole borough year (scale {args.scale}): {eng['pupils']:.0f} pupils, "
