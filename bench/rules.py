@@ -329,11 +329,10 @@ async def bench_latency(bootstrap: str, work: Path, samples: int) -> dict[str, f
 
 async def _group_progress(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
     """(offsets the group has committed, end offsets) summed over ``topic``'s partitions."""
+    tps = [TopicPartition(topic, p) for p in range(await kafka.partition_count(bootstrap, topic))]
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await probe.start()
     try:
-        await probe.topics()  # metadata for every topic, so partitions_for_topic knows this one
-        tps = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
         ends = await probe.end_offsets(tps)
         committed = [await probe.committed(tp) or 0 for tp in tps]
         return sum(committed), sum(ends.values())
