@@ -502,6 +502,11 @@ def main(argv: list[str] | None = None) -> None:
         if "recompute" in only:
             rec = asyncio.run(bench_recompute(rules_url, args.seed, args.db_scale, args.db, args.workers))
             report_recompute(rec, f"{args.db.name}" if args.db else f"scale {args.db_scale}", args.workers)
+        if "get" in only and "recompute" not in only:  # reads need a database, not its assessments
+            if args.db is None:
+                asyncio.run(fill_rules_db(rules_url, args.seed, args.db_scale))
+            else:
+                asyncio.run(reuse_rules_db(args.db, work / "rules.db"))
         if "get" in only:
             get = asyncio.run(
                 bench_attendance(rules_url, broker.bootstrap, work, args.get_rate, args.get_duration)
