@@ -6,6 +6,10 @@ request's latency is measured from the moment it was *due*, not from when it was
 coordinated omission). Latencies go into an HDR histogram (``hdrhistogram``); the summary gives
 p50/p90/p99/p99.9/max, the achieved request and mark rates, and errors.
 
+``--mode attendance`` reads instead: ``GET /v1/pupils/{upn}/attendance`` at ``--rate`` requests/s
+against the rules service, UPNs taken in turn from ``--upns-file`` (one a line), with an LA-wide
+``attendance:read`` token minted from the development secret (nothing is registered first).
+
 ``--mode single`` posts one mark per request (a small MIS); ``--mode batch`` posts
 ``--batch-size`` marks per request. ``--rate 0`` is closed loop instead: each school posts its
 batches one after another, all schools at once (an MIS sends a school's batches in order), which
@@ -27,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +40,8 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 from bench.stack import register_school, school_days
+from shared.auth import mint_token
+from shared.settings import DEV_JWT_SECRET
 
 IDLE_SECONDS = 4.0
 MAX_DAYS = 185  # school days in bench.stack.TERMS (2024-25), all in the past
@@ -177,6 +184,50 @@ async def setup(url: str, schools: int, pupils: int, urn_base: int) -> list[Scho
     return made
 
 
+async def _get(pool: Connections, report: Report, head: bytes, due: float) -> None:
+    try:
+        status, payload = await pool.request(head, b"")
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        report.errors += 1
+        report.first_error = report.first_error or type(exc).__name__
+        return
+    report.histogram.record_value(max(1, int((time.perf_counter() - due) * 1_000_000)))
+    if status != 200:
+        report.errors += 1
+        report.first_error = report.first_error or f"HTTP {status}: {payload[:200].decode(errors='replace')}"
+        return
+    report.requests += 1
+
+
+async def attendance_loop(url: str, args: argparse.Namespace) -> Report:
+    """Open loop of attendance reads: request *i* due at ``start + i / rate``, for pupil *i* mod n."""
+    upns: list[str] = args.upns
+    token = mint_token(DEV_JWT_SECRET, "bench-reader", ["attendance:read"], la="343", ttl_seconds=86400)
+    host = urlsplit(url).netloc
+    auth = f"Authorization: Bearer {token}\r\n"
+    heads = [f"GET /v1/pupils/{u}/attendance HTTP/1.1\r\nHost: {host}\r\n{auth}".encode() for u in upns]
+    pool = Connections(url, args.connections)
+    report = Report("attendance", args.rate)
+    tasks: set[asyncio.Task[None]] = set()
+    report.started_at = time.time()
+    start = time.perf_counter()
+    try:
+        for i in range(int(args.rate * args.duration)):
+            due = start + i / args.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(_get(pool, report, heads[i % len(heads)], due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks)
+    finally:
+        pool.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
 async def _one(pool: Connections, report: Report, school: School, body: bytes, due: float) -> None:
     try:
         status, payload = await pool.request(school.head, body)
@@ -264,6 +315,8 @@ def needed_days(args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> Report:
+    if args.mode == "attendance":
+        return await attendance_loop(args.url, args)
     schools = await setup(args.url, args.schools, args.pupils, args.urn_base)
     days = school_days(needed_days(args))
     pool = Connections(args.url, args.connections)
@@ -280,7 +333,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m bench.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--url", default="http://127.0.0.1:8001")
-    p.add_argument("--mode", choices=("single", "batch"), default="single")
+    p.add_argument("--mode", choices=("single", "batch", "attendance"), default="single")
+    p.add_argument("--upns-file", help="--mode attendance: the UPNs to read, one a line")
     p.add_argument("--rate", type=float, default=1000, help="requests per second; 0 = closed loop")
     p.add_argument("--duration", type=float, default=30, help="seconds")
     p.add_argument("--batch-size", type=int, default=10_000)
@@ -294,6 +348,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.mode == "attendance":
+        text = Path(args.upns_file).read_text(encoding="ascii")
+        args.upns = [line.strip() for line in text.splitlines() if line.strip()]
     summary = asyncio.run(run(args)).summary()
     if args.json:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")

@@ -1,13 +1,24 @@
-"""Rules benchmarks (issue 3): mark-to-signal latency, and recomputing the borough's year.
+"""Rules benchmarks (issues 3 and 8): mark-to-signal latency, recomputing the borough's year,
+consumption rate, attendance reads under load and the service's memory.
 
 * **mark → signal**: ingest and rules under uvicorn with real Kafka; one absence mark at a time
   is POSTed for a looked-after pupil and timed until its ``signal.first_day_absence`` is read
   from ``rollcall.signals.v1`` (closed loop, at rest).
-* **engine, whole borough**: the pure engine assessing every enrolment of the synthetic borough's
-  whole year (≈ 38,000 pupils × 380 sessions), registers built by the generator in memory.
 * **recompute from the database**: the rules service's recompute (load registry and register
   from its database, assess, store assessments and episodes, write signals to the outbox) over
-  every pupil of a borough loaded straight into a fresh database, 1,000 pupils a transaction.
+  every pupil, 1,000 pupils a transaction, twice: first with nothing computed yet (every episode
+  new, every signal raised), then again with nothing changed (the diff only). The database is a
+  borough loaded straight into a fresh one (``--db-scale``), or a copy of an existing rules
+  database (``--db``, e.g. the dashboard benchmark's whole borough) with its computed tables
+  emptied. ``--workers N`` assesses in N worker processes.
+* **attendance reads**: ``GET /v1/pupils/{upn}/attendance`` at ``--get-rate`` requests/s, open
+  loop from ``bench.load --mode attendance`` in its own process, against rules under uvicorn on
+  that recomputed database; then the rules process's resident memory (current and peak).
+* **consumption**: ingest takes ``--consume-days`` school days of marks for
+  ``--consume-pupils`` pupils and publishes them; rules then starts on a fresh consumer group
+  and is timed from its first committed batch to the last (marks/s it can take).
+* **engine, whole borough**: the pure engine assessing every enrolment of the synthetic borough's
+  whole year (≈ 38,000 pupils × 380 sessions), registers built by the generator in memory.
 """
 
 from __future__ import annotations
@@ -15,18 +26,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import multiprocessing
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import func, select
 
+from bench import summary
 from bench.stack import free_port, register_school, school_days, start_service
 from borough.generate import Borough
 from deploy.kafka import Broker
@@ -186,30 +203,63 @@ async def fill_rules_db(url: str, seed: int, scale: float) -> tuple[list[str], i
     return sorted(set(upns)), n_marks
 
 
-async def bench_recompute(url: str, seed: int, scale: float) -> dict[str, float]:
+async def reuse_rules_db(source: Path, target: Path) -> tuple[list[str], int]:
+    """A copy of an existing rules database (e.g. the dashboard benchmark's whole borough), migrated,
+    with everything the rules compute emptied, so the recompute starts from the registry and
+    register alone, as after a fresh load."""
+    await asyncio.to_thread(shutil.copyfile, source, target)
+    url = f"sqlite+aiosqlite:///{target}"
+    await asyncio.to_thread(upgrade, "rules", url)
+    db = create_engine(url)
+    try:
+        async with db.begin() as conn:
+            for table in (t.assessments, t.episodes, t.signals, t.outbox, t.inbox):
+                await conn.execute(table.delete())
+        async with db.connect() as conn:
+            upns = sorted((await conn.execute(select(t.pupils.c.upn))).scalars())
+            n_marks = (await conn.execute(select(func.count()).select_from(t.register))).scalar_one()
+    finally:
+        await db.dispose()
+    return upns, n_marks
+
+
+async def bench_recompute(
+    url: str, seed: int, scale: float, reuse: Path | None = None, workers: int = 0
+) -> dict[str, float]:
+    """Every pupil recomputed twice, 1,000 a transaction: first from the registry and register
+    alone (every episode new, every signal raised), then again (nothing changed: only the diff)."""
     t0 = time.perf_counter()
-    upns, n_marks = await fill_rules_db(url, seed, scale)
+    if reuse is not None:
+        upns, n_marks = await reuse_rules_db(reuse, Path(url.split(":///", 1)[1]))
+    else:
+        upns, n_marks = await fill_rules_db(url, seed, scale)
     fill_s = time.perf_counter() - t0
     policy = load_policy()
     today, now = dt.date(2025, 7, 22), dt.datetime(2025, 7, 22, 16, tzinfo=dt.UTC)
     db = create_engine(url)
     cache = recompute.CalendarCache()
-    signals = 0
-    t0 = time.perf_counter()
+    pool = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        if workers > 1
+        else None
+    )
+    out: dict[str, float] = {"pupils": len(upns), "marks": n_marks, "fill_s": fill_s}
     try:
-        for i in range(0, len(upns), 1000):
-            async with db.begin() as conn:
-                outcome = await recompute.recompute(conn, upns[i : i + 1000], policy, cache, today, now)
-                signals += outcome.signals
+        for seconds, signals in (("recompute_s", "signals"), ("again_s", "again_signals")):
+            out[signals] = 0
+            t0 = time.perf_counter()
+            for i in range(0, len(upns), 1000):
+                async with db.begin() as conn:
+                    outcome = await recompute.recompute(
+                        conn, upns[i : i + 1000], policy, cache, today, now, pool=pool
+                    )
+                    out[signals] += outcome.signals
+            out[seconds] = time.perf_counter() - t0
     finally:
         await db.dispose()
-    return {
-        "pupils": len(upns),
-        "marks": n_marks,
-        "fill_s": fill_s,
-        "recompute_s": time.perf_counter() - t0,
-        "signals": signals,
-    }
+        if pool is not None:
+            pool.shutdown()
+    return out
 
 
 async def bench_latency(bootstrap: str, work: Path, samples: int) -> dict[str, float]:
@@ -277,6 +327,131 @@ async def bench_latency(bootstrap: str, work: Path, samples: int) -> dict[str, f
     }
 
 
+async def _group_progress(bootstrap: str, group: str, topic: str) -> tuple[int, int]:
+    """(offsets the group has committed, end offsets) summed over ``topic``'s partitions."""
+    tps = [TopicPartition(topic, p) for p in range(await kafka.partition_count(bootstrap, topic))]
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        ends = await probe.end_offsets(tps)
+        committed = [await probe.committed(tp) or 0 for tp in tps]
+        return sum(committed), sum(ends.values())
+    finally:
+        await probe.stop()
+
+
+async def bench_consume(bootstrap: str, work: Path, pupils: int, days: int) -> dict[str, float]:
+    """How fast rules consumes marks: ingest takes ``days`` school days of marks for ``pupils``
+    pupils (schools of up to 1,000) and publishes them; ingest stops; rules then starts with a fresh group
+    and is timed from its first committed batch until it has consumed everything."""
+    ingest, ingest_url = await start_service(
+        "ingest", f"sqlite+aiosqlite:///{work / 'consume-ingest.db'}", bootstrap
+    )
+    marks = 0
+    try:
+        async with httpx.AsyncClient(base_url=ingest_url, timeout=300) as client:
+            n_schools = -(-pupils // 1000)  # at most 1,000 UPN serials per school
+            schools = [
+                (urn, *(await register_school(client, urn, 6100 + k, pupils // n_schools)))
+                for k, urn in enumerate(str(160101 + k) for k in range(n_schools))
+            ]
+            for d in school_days(days):
+                for urn, headers, upns in schools:
+                    body = [
+                        {"upn": u, "date": d.isoformat(), "session": s, "code": "N" if k % 17 == 0 else "/"}
+                        for s in ("AM", "PM")
+                        for k, u in enumerate(upns)
+                    ]
+                    r = await client.post(
+                        f"/v1/schools/{urn}/marks", content=orjson.dumps({"marks": body}), headers=headers
+                    )
+                    r.raise_for_status()
+                    marks += r.json()["accepted"]
+        for _ in range(600):  # every mark on Kafka
+            _, end = await _group_progress(bootstrap, "bench-none", Topic.MARKS)
+            if end >= marks:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        ingest.terminate()
+        ingest.wait(timeout=30)
+    group = f"bench-consume-{uuid.uuid4().hex[:6]}"
+    rules, _ = await start_service(
+        "rules",
+        f"sqlite+aiosqlite:///{work / 'consume-rules.db'}",
+        bootstrap,
+        ROLLCALL_CONSUMER_GROUP=group,
+        ROLLCALL_SCHEDULER_SECONDS="3600",
+    )
+    try:
+        first_done, first_at = 0, 0.0
+        while True:
+            done, end = await _group_progress(bootstrap, group, Topic.MARKS)
+            now = time.perf_counter()
+            if done and not first_at:
+                first_done, first_at = done, now
+            if done >= end:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        rules.terminate()
+        rules.wait(timeout=30)
+    seconds = now - first_at
+    return {"marks": marks, "measured": done - first_done, "seconds": seconds,
+            "rate": (done - first_done) / seconds if seconds > 0 else 0.0}  # fmt: skip
+
+
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of process ``pid`` in MiB (Linux /proc)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+async def bench_attendance(
+    db_url: str, bootstrap: str, work: Path, rate: float, duration: float
+) -> dict[str, Any]:
+    """GET /v1/pupils/{upn}/attendance at ``rate`` requests/s (open loop, ``bench.load`` in its own
+    process) against rules under uvicorn on the recomputed database; then the process's RSS."""
+    db = create_engine(db_url)
+    try:
+        async with db.connect() as conn:
+            upns = list((await conn.execute(select(t.enrolments.c.upn).order_by(func.random()))).scalars())
+    finally:
+        await db.dispose()
+    upns_file = work / "upns.txt"
+    upns_file.write_text("\n".join(upns[:20_000]) + "\n", encoding="ascii")
+    rules, base = await start_service(
+        "rules",
+        db_url,
+        bootstrap,
+        ROLLCALL_CONSUMER_GROUP=f"bench-get-{uuid.uuid4().hex[:6]}",
+        ROLLCALL_SCHEDULER_SECONDS="3600",
+        ROLLCALL_TODAY="2025-07-22",
+    )
+    try:
+        loaded_rss = _rss_mib(rules.pid)[0]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.load", "--url", base, "--json", "--mode", "attendance",
+            "--upns-file", str(upns_file), "--rate", str(rate), "--duration", str(duration),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.load --mode attendance failed ({proc.returncode})")
+        summary: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+        rss, peak = _rss_mib(rules.pid)
+    finally:
+        rules.terminate()
+        rules.wait(timeout=30)
+    rss_fields = {"rss_loaded_mib": loaded_rss, "rss_mib": rss, "rss_peak_mib": peak}
+    return {**summary, "pupils": len(upns), **rss_fields}
+
+
+WHOLE_BOROUGH = 38_025  # pupils of the synthetic borough at scale 1.0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench rules",
@@ -288,35 +463,108 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--db-scale", type=float, default=0.1, help="borough scale for the database recompute"
     )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        help="reuse this rules SQLite database (copied) for the recompute and the reads, e.g. the "
+        "dashboard benchmark's whole borough; --db-scale is then ignored",
+    )
     parser.add_argument("--samples", type=int, default=300, help="marks timed to their signal")
+    parser.add_argument("--consume-pupils", type=int, default=3000, help="pupils whose marks rules consumes")
+    parser.add_argument("--consume-days", type=int, default=30, help="school days of their marks")
+    parser.add_argument("--get-rate", type=float, default=200, help="attendance reads per second")
+    parser.add_argument("--get-duration", type=float, default=30, help="seconds of attendance reads")
+    parser.add_argument("--skip-engine", action="store_true", help="skip the pure-engine benchmark")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="assessor processes for the recompute (0: none)"
+    )
+    parser.add_argument(
+        "--only",
+        default="latency,recompute,get,consume,engine",
+        help="comma-separated phases to run (get needs recompute)",
+    )
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-rules-"))
     broker = Broker(work / "kafka", free_port(), free_port())
     broker.start()
     asyncio.run(kafka.ensure_topics(broker.bootstrap))
+    rules_url = f"sqlite+aiosqlite:///{work / 'rules.db'}"
     try:
-        lat = asyncio.run(bench_latency(broker.bootstrap, work, args.samples))
-        rec = asyncio.run(
-            bench_recompute(f"sqlite+aiosqlite:///{work / 'rules.db'}", args.seed, args.db_scale)
-        )
-        eng = bench_engine(args.seed, args.scale)
+        print(f"\nrules — {os.cpu_count()} cores", flush=True)
+        if "latency" in only:
+            lat = asyncio.run(bench_latency(broker.bootstrap, work, args.samples))
+            print(
+                f"mark → signal on Kafka (at rest, {lat['samples']:.0f} marks): "
+                f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms",
+                flush=True,
+            )
+        if "recompute" in only:
+            rec = asyncio.run(bench_recompute(rules_url, args.seed, args.db_scale, args.db, args.workers))
+            report_recompute(rec, f"{args.db.name}" if args.db else f"scale {args.db_scale}", args.workers)
+        if "get" in only and "recompute" not in only:  # reads need a database, not its assessments
+            if args.db is None:
+                asyncio.run(fill_rules_db(rules_url, args.seed, args.db_scale))
+            else:
+                asyncio.run(reuse_rules_db(args.db, work / "rules.db"))
+        if "get" in only:
+            get = asyncio.run(
+                bench_attendance(rules_url, broker.bootstrap, work, args.get_rate, args.get_duration)
+            )
+            report_attendance(get, args.get_rate)
+        if "consume" in only:
+            con = asyncio.run(bench_consume(broker.bootstrap, work, args.consume_pupils, args.consume_days))
+            print(
+                f"rules consumption: {con['measured']:.0f} marks in {con['seconds']:.1f} s = "
+                f"{con['rate']:.0f} marks/s ({args.consume_pupils} pupils, {args.consume_days} school days)",
+                flush=True,
+            )
+            summary.add("rules consumption", "keeps up with ingest", f"{con['rate']:,.0f} marks/s")
+        if "engine" in only and not args.skip_engine:
+            eng = bench_engine(args.seed, args.scale)
+            print(
+                f"engine, whole borough year (scale {args.scale}): {eng['pupils']:.0f} pupils, "
+                f"{eng['marks']:.0f} marks "
+                f"assessed in {eng['engine_s']:.1f} s ({eng['pupils'] / eng['engine_s']:.0f} pupils/s); "
+                f"with generation {eng['total_s']:.1f} s"
+            )
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nrules — {os.cpu_count()} cores")
+
+
+def report_recompute(rec: dict[str, float], source: str, workers: int) -> None:
+    how = f"{workers} worker processes" if workers > 1 else "one process"
+    for label, key, signals in (("first", "recompute_s", "signals"), ("again", "again_s", "again_signals")):
+        per_s = rec["pupils"] / rec[key]
+        print(
+            f"recompute from SQLite ({source}, {how}), {label}: {rec['pupils']:.0f} pupils, "
+            f"{rec['marks']:.0f} marks in {rec[key]:.1f} s ({per_s:.0f} pupils/s, "
+            f"{rec[signals]:.0f} signals)",
+            flush=True,
+        )
+        whole = rec[key] if rec["pupils"] >= WHOLE_BOROUGH else WHOLE_BOROUGH / per_s
+        scaled = "" if rec["pupils"] >= WHOLE_BOROUGH else f", extrapolated from {rec['pupils']:.0f} pupils"
+        summary.add(f"recompute a borough's whole year ({label})", "< 30 s", f"{whole:.1f} s ({how}{scaled})")
+    print(f"  (database prepared in {rec['fill_s']:.1f} s)", flush=True)
+
+
+def report_attendance(get: dict[str, Any], rate: float) -> None:
+    lat_ms = get["latency_ms"]
     print(
-        f"mark → signal on Kafka (at rest, {lat['samples']:.0f} marks): p50 {lat['p50_ms']:.1f} ms, "
-        f"p99 {lat['p99_ms']:.1f} ms"
+        f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s over {get['pupils']} enrolments: "
+        f"{get['requests']} ok, {get['errors']} errors, p50 {lat_ms['p50']:.1f} ms, "
+        f"p99 {lat_ms['p99']:.1f} ms, max {lat_ms['max']:.1f} ms",
+        flush=True,
     )
     print(
-        f"engine, whole borough year (scale {args.scale}): {eng['pupils']:.0f} pupils, "
-        f"{eng['marks']:.0f} marks "
-        f"assessed in {eng['engine_s']:.1f} s ({eng['pupils'] / eng['engine_s']:.0f} pupils/s); "
-        f"with generation {eng['total_s']:.1f} s"
+        f"rules RSS with the database loaded: {get['rss_loaded_mib']:.0f} MiB at start, "
+        f"{get['rss_mib']:.0f} MiB after the reads (peak {get['rss_peak_mib']:.0f} MiB)",
+        flush=True,
     )
-    print(
-        f"recompute from SQLite (scale {args.db_scale}): {rec['pupils']:.0f} pupils, "
-        f"{rec['marks']:.0f} marks "
-        f"in {rec['recompute_s']:.1f} s ({rec['pupils'] / rec['recompute_s']:.0f} pupils/s, "
-        f"{rec['signals']:.0f} signals); database filled in {rec['fill_s']:.1f} s"
+    summary.add(
+        f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s",
+        "p99 < 20 ms",
+        f"p50 {lat_ms['p50']:.1f} ms, p99 {lat_ms['p99']:.1f} ms ({get['pupils']} enrolments)",
     )
+    summary.add("rules RSS, borough loaded", "< 1 GiB", f"{get['rss_peak_mib']:.0f} MiB peak")

@@ -15,6 +15,7 @@ and school and LA figures are a 403.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import engine, recompute, reports
 from services.rules import tables as t
+from services.rules.worker import calendar_cache
 from shared import directory
 from shared.audit import Audit, AuditEntry
 from shared.auth import Principal, Scope, forbidden, require
@@ -174,8 +176,7 @@ def add_routes(app: FastAPI) -> None:
             allowed = await allowed_pupils(conn, rt, principal)
             if allowed is not None and upn not in allowed:
                 raise pupil_not_found()
-            visible = await visible_schools(conn, principal)
-            assessments = await assess_pupil(conn, rt, upn, visible, start, end)
+            assessments = await assess_pupil(conn, rt, upn, principal, start, end)
         if not assessments:
             raise pupil_not_found()
         if school is not None:
@@ -355,30 +356,47 @@ async def assess_pupil(
     conn: AsyncConnection,
     rt: Runtime,
     upn: str,
-    schools: set[str] | frozenset[str] | None,
+    principal: Principal,
     start: dt.date | None = None,
     end: dt.date | None = None,
 ) -> list[engine.Assessment]:
-    """The pupil's assessments at the schools the caller may see (none: unknown or not visible)."""
-    inputs = await recompute.load_inputs(conn, [upn], recompute.CalendarCache())
+    """The pupil's assessments at the schools the caller may see (none: unknown or not visible).
+
+    The hot read (p99 < 20 ms at 200/s, issue 8): one query for the pupil (``load_inputs``), the
+    service's calendar cache, and the LA codes of only this pupil's schools, remembered a minute
+    (``school_la_codes``), rather than every school's on every request."""
+    # The service's calendar cache: building a school's calendars costs more than the assessment.
+    inputs = await recompute.load_inputs(conn, [upn], calendar_cache(rt))
     pupil = inputs.get(upn)
     if pupil is None:
         return []
-    pupil = engine.PupilInput(
-        pupil.upn, pupil.date_of_birth, pupil.care,
-        tuple(e for e in pupil.enrolments if schools is None or e.school_urn in schools),
-    )  # fmt: skip
+    everywhere = principal.schools is None and principal.la is None  # an unrestricted token
+    las = {} if everywhere else await school_la_codes(conn, rt, [e.school_urn for e in pupil.enrolments])
+
+    def visible(urn: str) -> bool:
+        return everywhere or (urn in las and principal.may_act_for_school(urn, las[urn]))
+
+    shown = tuple(e for e in pupil.enrolments if visible(e.school_urn))
+    pupil = engine.PupilInput(pupil.upn, pupil.date_of_birth, pupil.care, shown)
     if not pupil.enrolments:
         return []
     return engine.assess(pupil, rt.policy, rt.today(), rt.now(), start=start, end=end)
 
 
-async def visible_schools(conn: AsyncConnection, principal: Principal) -> set[str] | None:
-    """The schools a token may see pupils at (None: all of them)."""
-    if principal.schools is None and principal.la is None:
-        return None
-    q = select(t.schools.c.urn, t.schools.c.la_code)
-    return {r.urn for r in await conn.execute(q) if principal.may_act_for_school(r.urn, r.la_code)}
+SCHOOL_LA_SECONDS = 60.0
+
+
+async def school_la_codes(conn: AsyncConnection, rt: Runtime, urns: list[str]) -> dict[str, str]:
+    """Each known school's LA code, remembered ``SCHOOL_LA_SECONDS`` per process (a school's LA
+    practically never changes; an admin's change is seen within the minute)."""
+    cache: dict[str, tuple[str, float]] = rt.state.setdefault("school_la_codes", {})
+    now = time.monotonic()
+    missing = [u for u in urns if u not in cache or now - cache[u][1] > SCHOOL_LA_SECONDS]
+    if missing:
+        s = t.schools.c
+        for r in await conn.execute(select(s.urn, s.la_code).where(s.urn.in_(missing))):
+            cache[r.urn] = (r.la_code, now)
+    return {u: cache[u][0] for u in urns if u in cache}
 
 
 async def _enrolments(

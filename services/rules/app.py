@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker.schedule,
             figures.keep_fresh,
             close_partners,
+            worker.close_assessors,
         ],
         audit=tables.audit,
         exporter=privacy.export,

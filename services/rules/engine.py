@@ -42,11 +42,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from itertools import accumulate, pairwise
+from itertools import accumulate, compress, pairwise
+from itertools import count as naturals
 from operator import ne
 from weakref import WeakKeyDictionary
 
@@ -63,6 +64,7 @@ __all__ = [
     "Care",
     "EnrolmentRegister",
     "Episode",
+    "IsoMarks",
     "Measures",
     "PenaltyWindow",
     "PupilInput",
@@ -141,6 +143,31 @@ class EnrolmentRegister:
     leaving_date: date | None
     calendars: Calendars
     marks: Mapping[tuple[date, str], str]
+
+
+class IsoMarks(Mapping[tuple[date, str], str]):
+    """A register keyed as the database hands it over: ``"2024-09-03AM" -> code``.
+
+    The same mapping as ``EnrolmentRegister.marks`` (``(date, session) -> code``), without making
+    a ``date`` and a tuple for each of a pupil's ~380 marks: the timeline looks codes up with the
+    ISO keys of its shared skeleton instead (the hot path of a whole-borough recompute).
+    """
+
+    __slots__ = ("by_iso",)
+
+    def __init__(self, by_iso: dict[str, str]) -> None:
+        self.by_iso = by_iso
+
+    def __getitem__(self, key: tuple[date, str]) -> str:
+        day, session = key
+        return self.by_iso[f"{day.isoformat()}{session}"]
+
+    def __iter__(self) -> Iterator[tuple[date, str]]:
+        for k in self.by_iso:
+            yield date.fromisoformat(k[:10]), k[10:]
+
+    def __len__(self) -> int:
+        return len(self.by_iso)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,16 +401,18 @@ class _Skeleton:
     """The school sessions, days and school weeks of a calendar span: the pupil-independent part
     of a timeline, shared by every pupil of a school over the same span (read-only)."""
 
-    __slots__ = ("days", "first", "keys", "s_date", "spans", "week")
+    __slots__ = ("days", "first", "iso_keys", "keys", "s_date", "slices", "spans", "week")
 
     def __init__(self, sessions: list[tuple[date, Session]]) -> None:
         am = _AM
         self.keys: list[tuple[date, str]] = [(d, "AM" if s is am else "PM") for d, s in sessions]
+        self.iso_keys: list[str] = [f"{d.isoformat()}{s}" for d, s in self.keys]  # IsoMarks keys
         self.s_date: list[date] = [d for d, _ in sessions]
         per_day = Counter(self.s_date)  # sessions per day, days in date order
         self.days: list[date] = list(per_day)
         self.first: list[int] = list(accumulate(per_day.values(), initial=0))
         self.spans: list[tuple[int, int]] = list(pairwise(self.first))
+        self.slices: list[slice] = [slice(a, b) for a, b in self.spans]  # each day's sessions
         # School weeks numbered 0, 1, 2, … without gaps: a new number whenever the Monday-based
         # week (ordinal 1, 0001-01-01, is a Monday) changes between consecutive school days.
         weeks = [(d.toordinal() - 1) // 7 for d in self.days]
@@ -442,8 +471,12 @@ class _Timeline:
     ) -> None:
         self.calendars = reg.calendars
         sk = _skeleton(reg.calendars, lo, hi)
-        get = reg.marks.get
-        s_code = [get(k) for k in sk.keys]
+        marks = reg.marks
+        # map() over bound methods: the per-session loops run in C.
+        if isinstance(marks, IsoMarks):
+            s_code = list(map(marks.by_iso.get, sk.iso_keys))
+        else:
+            s_code = list(map(marks.get, sk.keys))
         # A code its date's set refuses (ingest never stores one) counts as no mark.
         if not s_code or sk.s_date[0] >= CODES_2024_FROM:
             if not _VALID_2024.issuperset(s_code):
@@ -472,8 +505,7 @@ class _Timeline:
             self.s_date, self.s_key = sk.s_date[:n], sk.keys[:n]
         memo = _DAY_INFOS.setdefault(pen_codes, {})
         codes = tuple(s_code)
-        get_info = memo.get
-        info = [get_info(codes[a:b]) for a, b in sk.spans[:nd]]
+        info = list(map(memo.get, map(codes.__getitem__, sk.slices[:nd])))
         if None in info:
             for i, (a, b) in enumerate(sk.spans[:nd]):
                 if info[i] is None:
@@ -485,7 +517,7 @@ class _Timeline:
             info[-1] = (att, absent, pen, ill, run_pending, ill_pending, run_pending, ill_pending)
         self.s_code = s_code
         # Absence sessions (index and evidence tuple), once: evidence is then sliced, not rebuilt.
-        self.absent_ix = absent_ix = [j for j, c in enumerate(s_code) if c in _ABSENCE_CODES]
+        self.absent_ix = absent_ix = list(compress(naturals(), map(_ABSENCE_CODES.__contains__, s_code)))
         keys = self.s_key
         self.absent_marks: list[SessionMark] = [(*keys[j], s_code[j]) for j in absent_ix]  # type: ignore[misc]
         # The penalty codes are unauthorised absence codes (validated by shared.policy).

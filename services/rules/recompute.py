@@ -10,14 +10,19 @@ have no ``_ended`` unless an amendment withdraws them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import String, delete, select, type_coerce
+import orjson
+from sqlalchemy import Text, cast, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import engine
@@ -54,6 +59,9 @@ class CalendarCache:
     by_school: dict[str, Calendars] = field(default_factory=dict)
     loaded_at: dict[str, float] = field(default_factory=dict)
     ttl_seconds: float = 60.0
+    # The rows each school's Calendars was built from, as JSON bytes: what a worker process is sent
+    # (a built Calendars pickles to ~300 KB and unpickles slowly; the rows are a few KB).
+    specs: dict[str, bytes] = field(default_factory=dict)
 
     def invalidate(self, urns: Iterable[str]) -> None:
         for urn in urns:
@@ -66,13 +74,22 @@ class CalendarCache:
         )
         if missing:
             rows = await conn.execute(select(t.calendars).where(t.calendars.c.school_urn.in_(missing)))
-            built: dict[str, list[SchoolCalendar]] = defaultdict(list)
+            found: dict[str, list[tuple[str, Any, Any]]] = defaultdict(list)
             for r in rows:
-                built[r.school_urn].append(calendar_from_row(r.year, r.terms, r.closed))
+                found[r.school_urn].append((r.year, r.terms, r.closed))
             for urn in missing:
-                self.by_school[urn] = Calendars(built.get(urn, []))
+                spec = orjson.dumps(sorted(found.get(urn, []), key=lambda row: row[0]))
+                self.by_school[urn] = calendars_from_spec(spec)
+                self.specs[urn] = spec
                 self.loaded_at[urn] = now
         return {u: self.by_school[u] for u in urns}
+
+
+@lru_cache(maxsize=1024)
+def calendars_from_spec(spec: bytes) -> Calendars:
+    """A school's Calendars from its rows as JSON, ``[[year, terms, closed], …]``; memoised, so a
+    worker process builds each school's once (and its engine's skeleton cache stays warm)."""
+    return Calendars([calendar_from_row(year, terms, closed) for year, terms, closed in orjson.loads(spec)])
 
 
 def calendar_from_row(year: str, terms: list[dict[str, str]], closed: list[dict[str, str]]) -> SchoolCalendar:
@@ -83,62 +100,94 @@ def calendar_from_row(year: str, terms: list[dict[str, str]], closed: list[dict[
     )
 
 
+def _register_json(dialect: str) -> Any:
+    """An enrolment's register as one JSON object text, ``{"2024-09-03AM": "/", …}``."""
+    key: Any = cast(t.register.c.date, Text).concat(t.register.c.session)
+    folded = (
+        func.json_object_agg(key, t.register.c.code)
+        if dialect == "postgresql"
+        else func.json_group_object(key, t.register.c.code)
+    )
+    return cast(folded, Text)  # text, not json: asyncpg would decode a json value itself
+
+
+@dataclass(frozen=True, slots=True)
+class RawPupil:
+    """A pupil as read from the database, cheap to send to a worker process: each enrolment's
+    register is still the JSON text the database folded it into (parsed where it is assessed)."""
+
+    upn: str
+    date_of_birth: dt.date
+    care: engine.Care
+    enrolments: tuple[tuple[str, dt.date, dt.date | None, str], ...]  # urn, admission, leaving, JSON
+
+
+async def load_raw(
+    conn: AsyncConnection, upns: list[str], cache: CalendarCache
+) -> tuple[list[RawPupil], dict[str, Calendars]]:
+    """Every pupil of ``upns`` whose registry record has arrived (others wait for it), and the
+    calendars of their schools: one query per table per chunk of pupils, never one per pupil."""
+    p, c, e, r = t.pupils.c, t.care.c, t.enrolments.c, t.register.c
+    # One query for everything (a GET reads one pupil: each query costs ~1 ms of driver round
+    # trip). The hot path of a recompute is the register (~380 marks a pupil): the database folds
+    # each enrolment's register into one JSON object {"2024-09-03AM": code}, parsed by orjson in
+    # C, instead of a Python row (and a date, and a tuple) per mark; the engine reads it as
+    # IsoMarks. Pupils with no enrolment yet are left out (they wait for their registry record).
+    folded = select(_register_json(conn.dialect.name)).where(r.upn == e.upn, r.school_urn == e.school_urn)
+    query = select(
+        p.upn, p.date_of_birth, c.cin, c.cp, c.cla, c.early_help, c.etac, c.part_time_start, c.part_time_end,
+        e.school_urn, e.admission_date, e.leaving_date, folded.scalar_subquery(),
+    ).select_from(
+        t.pupils.join(t.enrolments, e.upn == p.upn).outerjoin(t.care, c.upn == p.upn)
+    )  # fmt: skip
+    rows: list[Any] = []
+    for start in range(0, len(upns), _CHUNK):
+        chunk = upns[start : start + _CHUNK]
+        rows += await conn.execute(query.where(p.upn.in_(chunk)).order_by(p.upn, e.school_urn))
+    calendars = await cache.get(conn, {row.school_urn for row in rows})
+    raws: list[RawPupil] = []
+    for upn, group in groupby(rows, key=lambda row: row.upn):
+        enrolments = list(group)
+        x = enrolments[0]
+        raws.append(
+            RawPupil(
+                upn,
+                x.date_of_birth,
+                engine.Care(
+                    cin=bool(x.cin),
+                    cp=bool(x.cp),
+                    cla=bool(x.cla),
+                    early_help=bool(x.early_help),
+                    etac=bool(x.etac),
+                    part_time_start=x.part_time_start,
+                    part_time_end=x.part_time_end,
+                ),
+                tuple((y.school_urn, y.admission_date, y.leaving_date, y[-1] or "{}") for y in enrolments),
+            )
+        )
+    return raws, calendars
+
+
+def pupil_input(raw: RawPupil, calendars: dict[str, Calendars]) -> engine.PupilInput:
+    return engine.PupilInput(
+        upn=raw.upn,
+        date_of_birth=raw.date_of_birth,
+        care=raw.care,
+        enrolments=tuple(
+            engine.EnrolmentRegister(
+                urn, admission, leaving, calendars[urn], engine.IsoMarks(orjson.loads(text))
+            )
+            for urn, admission, leaving, text in raw.enrolments
+        ),
+    )
+
+
 async def load_inputs(
     conn: AsyncConnection, upns: list[str], cache: CalendarCache
 ) -> dict[str, engine.PupilInput]:
     """The engine's input for each pupil whose registry record has arrived (others wait for it)."""
-    pupils: dict[str, Any] = {}
-    care: dict[str, Any] = {}
-    enrolled: dict[str, list[Any]] = defaultdict(list)
-    marks: dict[tuple[str, str], dict[tuple[dt.date, str], str]] = defaultdict(dict)
-    for start in range(0, len(upns), _CHUNK):
-        chunk = upns[start : start + _CHUNK]
-        for r in await conn.execute(select(t.pupils).where(t.pupils.c.upn.in_(chunk))):
-            pupils[r.upn] = r
-        for r in await conn.execute(select(t.care).where(t.care.c.upn.in_(chunk))):
-            care[r.upn] = r
-        for r in await conn.execute(select(t.enrolments).where(t.enrolments.c.upn.in_(chunk))):
-            enrolled[r.upn].append(r)
-        reg = t.register.c
-        # The hot loop of a recompute (380 rows a pupil): plain tuples, and dates parsed with
-        # the C ``fromisoformat`` rather than SQLAlchemy's per-row processor on SQLite.
-        raw_date = type_coerce(reg.date, String)
-        result = await conn.execute(
-            select(reg.upn, reg.school_urn, raw_date, reg.session, reg.code).where(reg.upn.in_(chunk))
-        )
-        fromiso = dt.date.fromisoformat
-        for upn, urn, day, session, code in result:
-            marks[(upn, urn)][day if isinstance(day, dt.date) else fromiso(day), session] = code
-    calendars = await cache.get(conn, {e.school_urn for rows in enrolled.values() for e in rows})
-    inputs: dict[str, engine.PupilInput] = {}
-    for upn, p in pupils.items():
-        if not enrolled.get(upn):
-            continue
-        c = care.get(upn)
-        inputs[upn] = engine.PupilInput(
-            upn=upn,
-            date_of_birth=p.date_of_birth,
-            care=engine.Care(
-                cin=bool(c and c.cin),
-                cp=bool(c and c.cp),
-                cla=bool(c and c.cla),
-                early_help=bool(c and c.early_help),
-                etac=bool(c and c.etac),
-                part_time_start=c.part_time_start if c else None,
-                part_time_end=c.part_time_end if c else None,
-            ),
-            enrolments=tuple(
-                engine.EnrolmentRegister(
-                    school_urn=e.school_urn,
-                    admission_date=e.admission_date,
-                    leaving_date=e.leaving_date,
-                    calendars=calendars[e.school_urn],
-                    marks=marks.get((upn, e.school_urn), {}),
-                )
-                for e in sorted(enrolled[upn], key=lambda e: e.school_urn)
-            ),
-        )
-    return inputs
+    raws, calendars = await load_raw(conn, upns, cache)
+    return {r.upn: pupil_input(r, calendars) for r in raws}
 
 
 def assessment_row(a: engine.Assessment, now: dt.datetime) -> dict[str, Any]:
@@ -194,7 +243,7 @@ def _signal(
         "withdrawn": withdrawn,
         "detail": dict(ep.detail),
         # (date, session, code) triples; orjson writes the dates as ISO strings.
-        "evidence": [list(x) for x in ep.evidence],
+        "evidence": ep.evidence,
     }
     event = new_event(f"signal.{name}", SOURCE, data, subject=upn)
     row = {
@@ -228,75 +277,76 @@ class Outcome:
     signals: int = 0
 
 
-async def recompute(
-    conn: AsyncConnection,
-    upns: Iterable[str],
+@dataclass
+class Writes:
+    """What assessing a group of pupils against their stored episodes asks to be written."""
+
+    assessments: list[dict[str, Any]] = field(default_factory=list)
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    vanished: list[tuple[str, str]] = field(default_factory=list)  # (upn, episode key) to delete
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: Writes) -> None:
+        self.assessments += other.assessments
+        self.episodes += other.episodes
+        self.vanished += other.vanished
+        self.signals += other.signals
+        self.outbox += other.outbox
+
+
+Stored = dict[str, dict[str, dict[str, Any]]]  # upn -> episode key -> the stored episode row
+
+
+def assess_and_diff(
+    raws: list[RawPupil],
+    calendars: dict[str, Calendars],
+    stored: Stored,
     policy: Policy,
-    cache: CalendarCache,
     today: dt.date,
     now: dt.datetime,
-) -> Outcome:
-    """Recompute ``upns`` inside the caller's transaction; signals go to the outbox.
+) -> Writes:
+    """Assess ``raws`` and turn the difference from their stored episodes into rows and signals.
 
-    The pupils are locked first (``lock_pupils``): with several rules processes on one database
-    (partitions shared by a consumer group, a scheduler in each), two recomputes of one pupil —
-    say a mark on one partition and its school's calendar change on another — are serialised,
-    so an episode is never diffed twice against the same stored state (a signal published twice)."""
-    wanted = sorted(set(upns))
-    await lock_pupils(conn, wanted)
-    inputs = await load_inputs(conn, wanted, cache)
-    if not inputs:
-        return Outcome()
-    stored: dict[tuple[str, str], dict[str, Any]] = {}  # (upn, episode key): episodes are per pupil
-    keys = sorted(inputs)
-    for start in range(0, len(keys), _CHUNK):
-        rows = await conn.execute(
-            select(t.episodes).where(t.episodes.c.upn.in_(keys[start : start + _CHUNK]))
-        )
-        for r in rows:
-            stored[(r.upn, r.key)] = dict(r._mapping)
-
-    assessment_rows: list[dict[str, Any]] = []
-    episode_rows: list[dict[str, Any]] = []
-    vanished: list[tuple[str, str]] = []
-    signal_rows: list[dict[str, Any]] = []
+    Pure apart from fresh event ids: it runs in a worker process for large groups (``recompute``'s
+    ``pool``), so its arguments and result are plain picklable data."""
+    out = Writes()
     events: list[tuple[str, dict[str, Any]]] = []
 
     def emit(
         name: str, ep: engine.Episode, upn: str, withdrawn: bool = False, key: str | None = None
     ) -> None:
         row, event = _signal(name, key or ep.key, ep, upn, now, today, withdrawn)
-        signal_rows.append(row)
+        out.signals.append(row)
         events.append((upn, event))
 
-    by_upn_stored: dict[str, set[str]] = defaultdict(set)
-    for upn, key in stored:
-        by_upn_stored[upn].add(key)
-
-    for upn, pupil in inputs.items():
-        assessments = engine.assess(pupil, policy, today, now)
+    no_episodes: dict[str, dict[str, Any]] = {}
+    for raw in raws:
+        upn = raw.upn
+        before = stored.get(upn, no_episodes)
         current: set[str] = set()
-        for a in assessments:
-            assessment_rows.append(assessment_row(a, now))
+        for a in engine.assess(pupil_input(raw, calendars), policy, today, now):
+            out.assessments.append(assessment_row(a, now))
             for ep in a.episodes:
-                current.add(ep.key)
-                old = stored.get((upn, ep.key))
+                key = ep.key
+                current.add(key)
+                old = before.get(key)
                 if old is None:
                     emit(start_signal(ep.type), ep, upn)
                     if ep.ended_on is not None and ep.type in STARTED_ENDED:
                         emit(end_signal(ep.type), ep, upn)
-                    episode_rows.append(_episode_row(ep, upn))
+                    out.episodes.append(_episode_row(ep, upn))
                 elif old["ended_on"] is None and ep.ended_on is not None:
                     if ep.type not in ONCE_ONLY:
                         emit(end_signal(ep.type), ep, upn)
-                    episode_rows.append(_episode_row(ep, upn))
+                    out.episodes.append(_episode_row(ep, upn))
                 elif old["ended_on"] is not None and ep.ended_on is None:
                     emit(start_signal(ep.type), ep, upn)  # re-opened by an amendment: it holds again
-                    episode_rows.append(_episode_row(ep, upn))
+                    out.episodes.append(_episode_row(ep, upn))
                 elif old["ended_on"] != ep.ended_on or old["detail"] != dict(ep.detail):
-                    episode_rows.append(_episode_row(ep, upn))
-        for key in by_upn_stored.get(upn, set()) - current:
-            old = stored[(upn, key)]
+                    out.episodes.append(_episode_row(ep, upn))
+        for key in before.keys() - current:
+            old = before[key]
             ep = engine.Episode(
                 type=old["type"],
                 school_urn=old["school_urn"],
@@ -307,17 +357,100 @@ async def recompute(
             )
             if old["ended_on"] is None and old["type"] not in ONCE_ONLY:
                 emit(end_signal(old["type"]), ep, upn, withdrawn=True, key=key)
-            vanished.append((upn, key))
+            out.vanished.append((upn, key))
+    out.outbox = outbox_records(Topic.SIGNALS, events)
+    return out
 
-    await upsert(conn, t.assessments, assessment_rows, ["upn", "school_urn"])
-    await upsert(conn, t.episodes, episode_rows, ["upn", "key"])
+
+async def load_stored(conn: AsyncConnection, upns: list[str]) -> Stored:
+    """The stored episodes of ``upns`` (episodes are per pupil)."""
+    stored: Stored = defaultdict(dict)
+    for start in range(0, len(upns), _CHUNK):
+        rows = await conn.execute(
+            select(t.episodes).where(t.episodes.c.upn.in_(upns[start : start + _CHUNK]))
+        )
+        for r in rows:
+            stored[r.upn][r.key] = dict(r._mapping)
+    return stored
+
+
+def _assess_in_worker(
+    raws: list[RawPupil],
+    specs: dict[str, bytes],
+    stored: Stored,
+    policy: Policy,
+    today: dt.date,
+    now: dt.datetime,
+) -> Writes:
+    """``assess_and_diff`` in a worker process, calendars sent as their rows (see CalendarCache)."""
+    calendars = {urn: calendars_from_spec(spec) for urn, spec in specs.items()}
+    return assess_and_diff(raws, calendars, stored, policy, today, now)
+
+
+_PART = 250  # pupils per task sent to the pool
+PARALLEL_MIN_PUPILS = 200
+"""Below this many pupils a recompute assesses them in the calling process: sending them to the
+pool costs more than it saves (a live batch of a few marks, a GET)."""
+
+
+async def recompute(
+    conn: AsyncConnection,
+    upns: Iterable[str],
+    policy: Policy,
+    cache: CalendarCache,
+    today: dt.date,
+    now: dt.datetime,
+    pool: Executor | None = None,
+) -> Outcome:
+    """Recompute ``upns`` inside the caller's transaction; signals go to the outbox.
+
+    The pupils are locked first (``lock_pupils``): with several rules processes on one database
+    (partitions shared by a consumer group, a scheduler in each), two recomputes of one pupil —
+    say a mark on one partition and its school's calendar change on another — are serialised,
+    so an episode is never diffed twice against the same stored state (a signal published twice).
+
+    With a ``pool`` (worker processes, ``worker.assessor_pool``) and at least
+    ``PARALLEL_MIN_PUPILS`` pupils, the pure part — engine, diff, rows — is split across the
+    pool's workers while this process only reads and writes the database, inside the same
+    transaction: the result is the same, on every core."""
+    wanted = sorted(set(upns))
+    await lock_pupils(conn, wanted)
+    workers = getattr(pool, "_max_workers", 1) if pool is not None else 1
+    writes = Writes()
+    if pool is None or len(wanted) < PARALLEL_MIN_PUPILS or workers < 2:
+        raws, calendars = await load_raw(conn, wanted, cache)
+        stored = await load_stored(conn, [r.upn for r in raws])
+        writes = assess_and_diff(raws, calendars, stored, policy, today, now)
+        pupils = len(raws)
+    else:
+        # Read part k + 1 while the workers assess part k (all in this transaction).
+        loop = asyncio.get_running_loop()
+        futures = []
+        pupils = 0
+        for start in range(0, len(wanted), _PART):
+            raws, _ = await load_raw(conn, wanted[start : start + _PART], cache)
+            if not raws:
+                continue
+            stored = await load_stored(conn, [r.upn for r in raws])
+            specs = {urn: cache.specs[urn] for urn in {e[0] for r in raws for e in r.enrolments}}
+            futures.append(
+                loop.run_in_executor(pool, _assess_in_worker, raws, specs, stored, policy, today, now)
+            )
+            pupils += len(raws)
+        for result in await asyncio.gather(*futures):
+            writes.extend(result)
+    if not pupils:
+        return Outcome()
+
+    await upsert(conn, t.assessments, writes.assessments, ["upn", "school_urn"])
+    await upsert(conn, t.episodes, writes.episodes, ["upn", "key"])
     e = t.episodes.c
-    for upn, key in vanished:
+    for upn, key in writes.vanished:
         await conn.execute(delete(t.episodes).where(e.upn == upn, e.key == key))
-    if signal_rows:
-        await conn.execute(t.signals.insert(), signal_rows)
-    await enqueue(conn, t.outbox, outbox_records(Topic.SIGNALS, events))
-    return Outcome(pupils=len(inputs), signals=len(signal_rows))
+    if writes.signals:
+        await conn.execute(t.signals.insert(), writes.signals)
+    await enqueue(conn, t.outbox, writes.outbox)
+    return Outcome(pupils=pupils, signals=len(writes.signals))
 
 
 async def pupils_to_watch(conn: AsyncConnection) -> list[str]:

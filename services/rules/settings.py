@@ -19,3 +19,8 @@ class RulesSettings(Settings):
     # The dashboard's LA-wide figures are a snapshot refreshed in the background at most this often
     # while marks arrive (pages never wait for a whole-borough sum).
     figures_max_age_seconds: float = Field(default=30.0, gt=0)
+    # Worker processes for the pure part of large recomputes (the engine and the diff): a batch of
+    # marks touching hundreds of pupils, the scheduler's tick. 0 or 1 (the default): everything in
+    # the service's own process. Worth setting to the core count only where the cores are the
+    # service's own: on the shared 2-core bench machine the pool was measured no faster (README).
+    assess_workers: int = Field(default=0, ge=0)

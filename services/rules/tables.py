@@ -1,7 +1,8 @@
 """The rules service's tables: its copy of the registry and register (fed from Kafka), the read
 models it computes (assessments, episodes, signals), and its inbox and outbox.
 
-``register`` is keyed by pupil first, because every recompute loads one pupil's whole register.
+``register`` is keyed by pupil first, because every recompute loads one pupil's whole register;
+on SQLite it is stored WITHOUT ROWID (clustered by that key: migration 0006).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ register = Table(
     Column("session", String(2), primary_key=True),
     Column("code", String(3), nullable=False),
     Column("category", String(16), nullable=False),
+    sqlite_with_rowid=False,  # clustered by pupil: migration 0006
 )
 Index("ix_register_school_date", register.c.school_urn, register.c.date)
 

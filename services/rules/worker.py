@@ -7,6 +7,8 @@ registry changes arrive, and the scheduler for signals that the clock alone can 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,12 +33,39 @@ def calendar_cache(rt: Runtime) -> recompute.CalendarCache:
     return cache
 
 
+def assessor_pool(rt: Runtime) -> Executor | None:
+    """The worker processes large recomputes assess their pupils in (``assess_workers``), made on
+    first use; None when the service is to use its own process only. ``forkserver`` processes,
+    because forking a process that runs threads (aiosqlite's, the Kafka client's) is unsafe."""
+    workers = int(getattr(rt.settings, "assess_workers", 0))
+    if workers < 2:
+        return None
+    pool = rt.state.get("assessors")
+    if pool is None:
+        context = multiprocessing.get_context("forkserver")
+        pool = rt.state["assessors"] = ProcessPoolExecutor(workers, mp_context=context)
+    assert isinstance(pool, Executor)
+    return pool
+
+
+async def close_assessors(rt: Runtime) -> None:
+    """A worker that only waits for shutdown, then stops the assessor processes."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        pool = rt.state.pop("assessors", None)
+        if isinstance(pool, Executor):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def handle(rt: Runtime, conn: AsyncConnection, events: list[CloudEvent]) -> None:
     changes = await projection.apply(conn, events)
     cache = calendar_cache(rt)
     cache.invalidate(changes.calendars)
     if changes.pupils:
-        await recompute.recompute(conn, changes.pupils, rt.policy, cache, rt.today(), rt.now())
+        await recompute.recompute(
+            conn, changes.pupils, rt.policy, cache, rt.today(), rt.now(), pool=assessor_pool(rt)
+        )
 
 
 async def consume(rt: Runtime) -> None:
@@ -62,7 +91,9 @@ async def tick(rt: Runtime) -> recompute.Outcome:
         if not await try_lock(conn, "rules:scheduler"):
             return recompute.Outcome()  # another rules process is ticking right now
         upns = await recompute.pupils_to_watch(conn)
-        outcome = await recompute.recompute(conn, upns, rt.policy, calendar_cache(rt), rt.today(), rt.now())
+        outcome = await recompute.recompute(
+            conn, upns, rt.policy, calendar_cache(rt), rt.today(), rt.now(), pool=assessor_pool(rt)
+        )
     if outcome.signals:
         rt.relay.wake()
     return outcome

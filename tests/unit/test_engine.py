@@ -25,6 +25,7 @@ from services.rules.engine import (
     Care,
     EnrolmentRegister,
     Episode,
+    IsoMarks,
     PupilInput,
     assess,
     default_period,
@@ -909,6 +910,18 @@ def test_result_is_a_function_of_the_final_register(final: Marks, care: Care, do
     in_date_order = dict(sorted(final.items()))
     expected = assess(prop_pupil(in_date_order, care, dob), POLICY, PROP_TODAY, PROP_NOW)
     assert assess(prop_pupil(replayed, care, dob), POLICY, PROP_TODAY, PROP_NOW) == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(marks=registers(), care=CARES, dob=DOBS, today=st.sampled_from([PROP_TODAY, date(2025, 7, 22)]))
+def test_iso_keyed_register_assesses_the_same(marks: Marks, care: Care, dob: date, today: date) -> None:
+    """The register as the database folds it (``IsoMarks``: "2024-09-03AM" -> code) gives the very
+    same assessments as the ``(date, session)`` mapping, and reads back as that mapping."""
+    iso = IsoMarks({f"{d.isoformat()}{s}": c for (d, s), c in marks.items()})
+    assert dict(iso) == marks
+    now = datetime.combine(today, datetime.min.time(), tzinfo=LONDON) + timedelta(hours=15)
+    expected = assess(prop_pupil(marks, care, dob), POLICY, today, now)
+    assert assess(prop_pupil(iso, care, dob), POLICY, today, now) == expected
 
 
 def _period(data: st.DataObject) -> tuple[date, date]:

@@ -384,8 +384,7 @@ def add_routes(app: FastAPI) -> None:
             raise not_found
         year = AcademicYear.of(rt.today())
         async with rt.engine.connect() as conn:
-            visible = await api.visible_schools(conn, viewer.principal)
-            assessments = await api.assess_pupil(conn, rt, upn, visible)
+            assessments = await api.assess_pupil(conn, rt, upn, viewer.principal)
             if not assessments:
                 raise not_found
             chosen = max(assessments, key=lambda x: (x.measures.sessions.possible, x.school_urn))
