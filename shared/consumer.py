@@ -93,7 +93,7 @@ class InboxConsumer:
                             log.error(
                                 "event_undecodable", topic=tp.topic, partition=tp.partition, offset=rec.offset
                             )
-                        CONSUMED.labels(self._group, tp.topic).inc()
+                    CONSUMED.labels(self._group, tp.topic).inc(len(records))  # labels() per record: 8 %
                 await self.apply(events)
                 await self._consumer.commit()
                 self._after_commit()

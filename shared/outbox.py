@@ -52,7 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.db import asyncpg_connection, lock_key
+from shared.db import asyncpg_connection, insert_rows, lock_key
 from shared.events import new_traceparents
 from shared.observability import error_fields
 
@@ -123,7 +123,7 @@ async def _insert(conn: AsyncConnection, table: Table, rows: list[tuple[Any, ...
         return
     driver = await asyncpg_connection(conn)
     if driver is None:
-        await conn.execute(insert(table), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
+        await insert_rows(conn, insert(table), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
     else:
         await driver.copy_records_to_table(table.name, records=rows, columns=_COLUMNS)
 

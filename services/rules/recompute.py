@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.rules import engine
 from services.rules import tables as t
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
-from shared.db import lock_pupils, upsert
+from shared.db import insert_rows, lock_pupils, upsert
 from shared.events import Topic, new_event
 from shared.outbox import enqueue, outbox_records
 from shared.policy import Policy
@@ -448,7 +448,7 @@ async def recompute(
     for upn, key in writes.vanished:
         await conn.execute(delete(t.episodes).where(e.upn == upn, e.key == key))
     if writes.signals:
-        await conn.execute(t.signals.insert(), writes.signals)
+        await insert_rows(conn, t.signals.insert(), writes.signals)
     await enqueue(conn, t.outbox, writes.outbox)
     return Outcome(pupils=pupils, signals=len(writes.signals))
 

@@ -1,0 +1,82 @@
+"""``shared.db.insert_rows`` stores exactly what SQLAlchemy's own ``executemany`` stores (dates,
+timestamps, JSON, booleans, NULLs; plain inserts and upserts that overwrite or add), on SQLite and
+PostgreSQL: it only skips SQLAlchemy's per-row parameter handling."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import JSON, Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import create_engine, insert_rows, upsert
+
+pytestmark = pytest.mark.integration
+
+metadata = MetaData()
+things = Table(
+    "things",
+    metadata,
+    Column("id", String(10), primary_key=True),
+    Column("day", Date, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=True),
+    Column("detail", JSON, nullable=True),
+    Column("flag", Boolean, nullable=False),
+    Column("n", Integer, nullable=False),
+)
+
+ROWS: list[dict[str, Any]] = [
+    {"id": f"t{i}", "day": dt.date(2024, 9, 2) + dt.timedelta(days=i) if i % 3 else None,
+     "at": dt.datetime(2024, 9, 2, 8, 45, i, 123456, tzinfo=dt.UTC) if i % 4 else None,
+     "detail": {"sessions": [i, "AM"], "why": "naïve café — “quoted”"} if i % 5 else None,
+     "flag": bool(i % 2), "n": i}
+    for i in range(40)
+]  # fmt: skip
+
+
+async def stored(engine: AsyncEngine) -> list[tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        return [tuple(r) for r in await conn.execute(select(things).order_by(things.c.id))]
+
+
+async def reset(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+
+
+async def check(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await reset(engine)
+        async with engine.begin() as conn:
+            await conn.execute(insert(things), ROWS)
+        expected = await stored(engine)
+
+        await reset(engine)
+        async with engine.begin() as conn:
+            await insert_rows(conn, insert(things), ROWS)
+        assert await stored(engine) == expected
+        assert sum(1 for r in expected if r[3] is None) == 8  # NULL JSON stays NULL, not 'null'
+
+        # upsert: the key's other columns overwritten, `add` columns added to what is stored
+        changed = [{**r, "day": dt.date(2025, 1, 6), "n": 100} for r in ROWS[:10]]
+        async with engine.begin() as conn:
+            await upsert(conn, things, changed, ["id"], add=("n",))
+        after = {r[0]: r for r in await stored(engine)}
+        assert [after[f"t{i}"][5] for i in range(12)] == [100 + i for i in range(10)] + [10, 11]
+        assert {after[f"t{i}"][1] for i in range(10)} == {dt.date(2025, 1, 6)}
+        assert len(after) == 40
+    finally:
+        await engine.dispose()
+
+
+async def test_insert_rows_sqlite(sqlite_url: str) -> None:
+    await check(sqlite_url)
+
+
+@pytest.mark.postgres
+async def test_insert_rows_postgres(postgres_url: str) -> None:
+    await check(postgres_url)
