@@ -29,8 +29,8 @@ def row(i: int) -> dict[str, Any]:
     entry = AuditEntry(f"purpose {i}")
     entry.add(upns=[upn(i, j) for j in range(i % 4)], resources=[f"case-{i}"])
     who = Principal(sub=f"reader-{i}", scopes=frozenset({"legal:read"}), schools=None, la="343")
-    return {"row": audit_row(entry, principal=who, service="legal", method="GET", route=f"/v1/r/{i}", status=200),
-            "upns": list(entry.upns)}  # fmt: skip
+    written = audit_row(entry, principal=who, service="legal", method="GET", route=f"/v1/r/{i}", status=200)
+    return {"row": written, "upns": list(entry.upns)}
 
 
 async def check(url: str) -> None:
