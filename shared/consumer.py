@@ -18,6 +18,7 @@ with backoff, so nothing is skipped because of a transient fault.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -29,6 +30,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import kafka
+from shared.db import Gate
 from shared.events import CloudEvent, decode
 from shared.inbox import first_times
 from shared.observability import error_fields, sqlstate
@@ -50,10 +52,13 @@ class InboxConsumer:
         group: str,
         topics: list[str],
         engine: AsyncEngine,
-        inbox: Table,
+        inbox: Table | None,
         handle: Handler,
         after_commit: Callable[[], None] = lambda: None,
         max_records: int = 5000,
+        prepare: Callable[[list[CloudEvent]], Awaitable[list[CloudEvent]]] | None = None,
+        split: Callable[[list[CloudEvent]], list[list[CloudEvent]]] | None = None,
+        gate: Gate = contextlib.nullcontext,
     ) -> None:
         self._consumer: AIOKafkaConsumer = kafka.consumer(bootstrap, group, *topics)
         self._group = group
@@ -61,6 +66,13 @@ class InboxConsumer:
         self._inbox = inbox
         self._handle = handle
         self._after_commit = after_commit
+        # Picks the events worth a write transaction, before one is begun (without an inbox
+        # only: the others are passed over; on SQLite every write transaction queues for the lock).
+        self._prepare = prepare
+        # Cuts a batch into parts applied in order, each in its own transaction (and its own
+        # inbox rows), so no transaction holds the database for a whole large batch.
+        self._split = split
+        self._gate = gate  # entered around each transaction (``WriteGate``)
         self._max_records = max_records
         self.caught_up = asyncio.Event()  # set once every assigned partition was read to its end
 
@@ -94,7 +106,11 @@ class InboxConsumer:
                                 "event_undecodable", topic=tp.topic, partition=tp.partition, offset=rec.offset
                             )
                     CONSUMED.labels(self._group, tp.topic).inc(len(records))  # labels() per record: 8 %
-                await self.apply(events)
+                if self._prepare is not None:
+                    events = await self._prepare(events)
+                for part in self._split(events) if self._split is not None and events else [events]:
+                    if part:
+                        await self.apply(part)
                 await self._consumer.commit()
                 self._after_commit()
         finally:
@@ -118,8 +134,10 @@ class InboxConsumer:
         delay = 0.5
         while True:
             try:
-                async with self._engine.begin() as conn:
-                    fresh = await first_times(conn, self._inbox, [e.id for e in events])
+                async with self._gate(), self._engine.begin() as conn:
+                    ids = [e.id for e in events]
+                    # No inbox: the handler is idempotent by itself (it records nothing per event).
+                    fresh = set(ids) if self._inbox is None else await first_times(conn, self._inbox, ids)
                     once: list[CloudEvent] = []
                     for event in events:  # a republished event can appear twice in one batch
                         if event.id in fresh:

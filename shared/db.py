@@ -7,8 +7,10 @@ PostgreSQL serialises writers per school with a transaction-scoped advisory lock
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -185,3 +187,50 @@ async def insert_rows(conn: AsyncConnection, stmt: Insert, rows: Sequence[Mappin
         for row in rows
     ]
     await conn.exec_driver_sql(str(compiled), params)
+
+
+Gate = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
+
+class WriteGate:
+    """Which of a process's consumers writes next, where the database has a single writer.
+
+    SQLite lets one transaction write at a time and its busy handler is not fair: a consumer that
+    commits and at once begins its next transaction keeps the lock, while another waits in
+    ``busy_timeout`` sleeps and wakes to find it taken again (the first-day fast path waited
+    seconds behind the rules consumer's backlog that way). In one process the gate decides
+    instead: a ``bulk`` writer enters only when no ``urgent`` one is waiting, and an urgent one
+    goes next, as soon as the bulk writer's current transaction ends. Kept only for SQLite:
+    PostgreSQL's writers lock what they touch (``lock_pupils``) and pass each other.
+    """
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._urgent = 0
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    @contextlib.asynccontextmanager
+    async def bulk(self) -> AsyncIterator[None]:
+        while True:
+            await self._clear.wait()
+            await self._lock.acquire()
+            if not self._urgent:
+                break
+            self._lock.release()  # an urgent writer asked meanwhile: it goes first
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextlib.asynccontextmanager
+    async def urgent(self) -> AsyncIterator[None]:
+        self._urgent += 1
+        self._clear.clear()
+        try:
+            async with self._lock:
+                yield
+        finally:
+            self._urgent -= 1
+            if not self._urgent:
+                self._clear.set()

@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -52,7 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.db import asyncpg_connection, insert_rows, lock_key
+from shared.db import Gate, asyncpg_connection, insert_rows, lock_key
 from shared.events import new_traceparents
 from shared.observability import error_fields
 
@@ -74,7 +74,26 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("event_type", String(100), nullable=False),
         Column("traceparent", String(64), nullable=False),
         Column("value", LargeBinary, nullable=False),
+        sqlite_autoincrement=True,  # a seq is never reused (``OutboxRelay._pump`` relies on it)
     )
+
+
+def sqlite_outbox_autoincrement(execute: Callable[[str], Any], dialect: str, on: bool) -> None:
+    """The outbox rebuilt with (or without) ``AUTOINCREMENT`` on SQLite, for the services'
+    migrations (keep it as it is: migrations are frozen). Without it a seq is the largest
+    remaining plus one, so once the relay has deleted the newest rows a new row can get a seq below
+    the relay's cursor. PostgreSQL's sequence never goes back: nothing to do."""
+    if dialect != "sqlite":
+        return
+    columns = "seq, event_id, topic, key, event_type, traceparent, value"
+    execute(
+        f"CREATE TABLE outbox_new (seq INTEGER PRIMARY KEY{' AUTOINCREMENT' if on else ''}, "
+        "event_id VARCHAR(64) NOT NULL, topic VARCHAR(100) NOT NULL, key VARCHAR(100) NOT NULL, "
+        "event_type VARCHAR(100) NOT NULL, traceparent VARCHAR(64) NOT NULL, value BLOB NOT NULL)"
+    )
+    execute(f"INSERT INTO outbox_new ({columns}) SELECT {columns} FROM outbox ORDER BY seq")  # noqa: S608 - constants
+    execute("DROP TABLE outbox")
+    execute("ALTER TABLE outbox_new RENAME TO outbox")
 
 
 _COLUMNS = ("event_id", "topic", "key", "event_type", "traceparent", "value")
@@ -145,8 +164,10 @@ class OutboxRelay:
         depth: int = 4,
         rescan_seconds: float = 1.0,
         max_backlog: int = 0,
+        gate: Gate = contextlib.nullcontext,
     ) -> None:
         self._engine = engine
+        self._gate = gate  # around the deletes: on SQLite they go before a bulk consumer's next write
         self._table = table
         self._producer = producer
         self._batch = batch
@@ -276,7 +297,7 @@ class OutboxRelay:
         await asyncio.gather(*futures)
         seqs = [row[0] for row in rows]
         t = self._table
-        async with self._engine.begin() as conn:
+        async with self._gate(), self._engine.begin() as conn:
             driver = await asyncpg_connection(conn)
             if driver is not None:
                 await driver.execute(f"DELETE FROM {t.name} WHERE seq = ANY($1::bigint[])", seqs)  # noqa: S608 - a table name
@@ -341,6 +362,12 @@ class OutboxRelay:
         row whose lower seq became visible late.
         """
         published = 0
+        # SQLite: a row's seq is given under the write lock it commits with, so rows become visible
+        # in seq order, above every row still in the table: no rescans. (A seq is the rowid, one
+        # above the largest *remaining*: once every row up to the cursor is deleted a seq can be
+        # reused below it, which is why the pump returns, and starts again from the lowest, as
+        # soon as nothing is in flight.)
+        ordered = self._engine.dialect.name == "sqlite"
         inflight: deque[tuple[asyncio.Task[None], int]] = deque()
         cursor: int | None = None
         rescan_at = time.monotonic() + self._rescan
@@ -355,6 +382,21 @@ class OutboxRelay:
                     task, n = inflight.popleft()
                     await task
                     published += n
+                if ordered:
+                    if rows:
+                        continue
+                    if not inflight:
+                        return published
+                    # Wait for new rows or the oldest settle, not for every delete in flight: on
+                    # SQLite a delete queues for the write lock behind a consumer's transaction,
+                    # and a first-day signal committed meanwhile would wait with it.
+                    woken = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait(
+                        {woken, inflight[0][0]}, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    woken.cancel()
+                    self._wake.clear()
+                    continue
                 if len(rows) < self._batch or time.monotonic() >= rescan_at:
                     while inflight:
                         task, n = inflight.popleft()

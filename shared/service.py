@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import kafka
 from shared.audit import AuditTables, Exporter, add_export_route, install_audit
 from shared.auth import TokenVerifier
-from shared.db import create_engine, ping
+from shared.db import WriteGate, create_engine, is_sqlite, ping
 from shared.limits import RequestLimits, document_limits
 from shared.observability import configure_logging, error_fields, health_router, install
 from shared.outbox import OutboxRelay
@@ -43,6 +43,9 @@ class Runtime:
     engine: AsyncEngine
     producer: AIOKafkaProducer
     relay: OutboxRelay
+    # SQLite's single writer shared fairly among this process's writers (``WriteGate``); unused on
+    # PostgreSQL.
+    write_gate: WriteGate = field(default_factory=WriteGate)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # the service's own long-lived objects
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -132,10 +135,12 @@ def service_app(
         policy = load_policy(settings.policy_file)
         engine = create_engine(settings.db_url)
         producer = kafka.producer(settings.kafka_bootstrap)
+        gate = WriteGate()
         relay = OutboxRelay(
-            engine, outbox, producer, batch=settings.relay_batch, max_backlog=settings.relay_max_backlog
-        )
-        runtime = Runtime(settings, policy, engine, producer, relay)
+            engine, outbox, producer, batch=settings.relay_batch, max_backlog=settings.relay_max_backlog,
+            gate=gate.urgent if is_sqlite(settings.db_url) else contextlib.nullcontext,
+        )  # fmt: skip
+        runtime = Runtime(settings, policy, engine, producer, relay, gate)
         if settings.today is not None:
             runtime.clock = fixed_day_clock(settings.today, policy.zone)
         for step in setup:

@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers=[
             purge_worker(privacy.RULES),
             worker.consume,
+            worker.consume_first_day,
             worker.consume_directory,
             worker.schedule,
             figures.keep_fresh,

@@ -347,6 +347,8 @@ _CATS_2006 = {
 _CATEGORY_OF = {**_CATS_2006, **_CATS_2024}
 _VALID_2024: frozenset[str | None] = frozenset({*_CATS_2024, None})  # None: no mark
 _ABSENCE_CODES = frozenset(c for c, k in _CATEGORY_OF.items() if k in (_AUTHORISED, _UNAUTHORISED))
+ABSENCE_CODES = _ABSENCE_CODES
+"""Every authorised or unauthorised absence code (either code set): the codes of ``first_day_absence``."""
 _CATEGORY_NAME = ("present", "aea", "authorised", "unauthorised", "not_counted")
 _AM = Session.AM
 _ONE_DAY = timedelta(days=1)

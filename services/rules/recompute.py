@@ -22,14 +22,14 @@ from itertools import groupby
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, cast, delete, func, select
+from sqlalchemy import Text, cast, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import engine
 from services.rules import tables as t
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
 from shared.db import insert_rows, lock_pupils, upsert
-from shared.events import Topic, new_event
+from shared.events import CloudEvent, Topic, new_event
 from shared.outbox import enqueue, outbox_records
 from shared.policy import Policy
 
@@ -388,6 +388,7 @@ def _assess_in_worker(
 
 
 _PART = 250  # pupils per task sent to the pool
+THREAD_MIN_PUPILS = 50  # a recompute of this many pupils or more assesses in a thread
 PARALLEL_MIN_PUPILS = 200
 """Below this many pupils a recompute assesses them in the calling process: sending them to the
 pool costs more than it saves (a live batch of a few marks, a GET)."""
@@ -420,7 +421,12 @@ async def recompute(
     if pool is None or len(wanted) < PARALLEL_MIN_PUPILS or workers < 2:
         raws, calendars = await load_raw(conn, wanted, cache)
         stored = await load_stored(conn, [r.upn for r in raws])
-        writes = assess_and_diff(raws, calendars, stored, policy, today, now)
+        if len(raws) >= THREAD_MIN_PUPILS:
+            # In a thread, so the service's event loop (its HTTP requests, the first-day fast path)
+            # keeps getting the interpreter while a batch of thousands of pupils is assessed.
+            writes = await asyncio.to_thread(assess_and_diff, raws, calendars, stored, policy, today, now)
+        else:
+            writes = assess_and_diff(raws, calendars, stored, policy, today, now)
         pupils = len(raws)
     else:
         # Read part k + 1 while the workers assess part k (all in this transaction).
@@ -461,3 +467,111 @@ async def pupils_to_watch(conn: AsyncConnection) -> list[str]:
     watched = select(c.upn).where(c.cin | c.cp | c.cla | c.etac | c.part_time_start.is_not(None))
     rows = await conn.execute(with_n.union(watched))
     return [r[0] for r in rows]
+
+
+FIRST_DAY = "first_day_absence"
+
+
+async def first_day_candidates(
+    conn: AsyncConnection, events: list[CloudEvent], today: dt.date
+) -> list[CloudEvent]:
+    """The mark events the first-day fast path must look at: today's, of pupils whose care status
+    asks for a first-day response (a read; everything else is passed over without a write
+    transaction). A present mark stays in (it may correct an absence in the same batch)."""
+    day = today.isoformat()
+    todays = [e for e in events if e.data.get("date") == day]
+    if not any(e.data.get("code") in engine.ABSENCE_CODES for e in todays):
+        return []
+    c = t.care.c
+    upns = sorted({e.data["upn"] for e in todays})
+    rows = await conn.execute(select(c.upn).where(c.upn.in_(upns), or_(c.cin, c.cp, c.cla, c.etac)))
+    vulnerable = {r.upn for r in rows}
+    return [e for e in todays if e.data["upn"] in vulnerable]
+
+
+async def first_day_now(
+    conn: AsyncConnection,
+    marks: Iterable[tuple[str, dict[str, Any]]],
+    policy: Policy,
+    cache: CalendarCache,
+    today: dt.date,
+    now: dt.datetime,
+) -> Outcome:
+    """Raise ``first_day_absence`` for today's absence marks at once, ahead of the full recompute.
+
+    The first-day fast path (issue 8: a social worker alerted in a fraction of a second while the
+    morning's marks queue up behind a backlog). ``marks`` are mark events as ``(event id, data)``,
+    read by a consumer group of their own from ``rollcall.marks.v1``; those not of today, not an
+    absence, or of a pupil whose care status asks for no first-day response cost one look-up and
+    nothing else. For the rest the pupil is assessed by the same engine, on the stored register
+    with these marks laid over it, and only the
+    ``first_day_absence`` episodes of those sessions that are not stored yet are written, with their
+    signals, exactly as ``assess_and_diff`` writes a new episode. The full recompute later finds the
+    episode stored and raises nothing: pupils are locked (``lock_pupils``; SQLite's single writer)
+    and both read the stored episodes inside their own write transaction, so a signal is raised
+    once whichever comes first. Everything else (measures, other signals, an amendment that takes
+    the absence back) stays with the full recompute.
+
+    Which is newer, a session's stored code or the event's? The full consumer applies a pupil's
+    events in partition order and records each event id in its inbox in the same transaction. So
+    if the event (the session's latest in this batch) is in the inbox, the stored code is that
+    event's or a later amendment's, and it stands; if not, nothing after it was applied either,
+    and the event's code is laid over the stored one (an amendment from present to absent too).
+    """
+    day = today.isoformat()
+    # upn -> (urn, ISO session key) -> (code, event id); a later event of the session wins
+    latest: dict[str, dict[tuple[str, str], tuple[str, str]]] = defaultdict(dict)
+    for event_id, m in marks:
+        if m["date"] == day:
+            latest[m["upn"]][(m["school_urn"], f"{day}{m['session']}")] = (m["code"], event_id)
+    wanted = {
+        upn: absent
+        for upn, codes in latest.items()
+        if (absent := {k: v for k, v in codes.items() if v[0] in engine.ABSENCE_CODES})
+    }
+    if not wanted:
+        return Outcome()
+    c = t.care.c
+    vulnerable = or_(c.cin, c.cp, c.cla, c.etac)
+    rows = await conn.execute(select(c.upn).where(c.upn.in_(sorted(wanted)), vulnerable))
+    upns = sorted(r.upn for r in rows)
+    if not upns:
+        return Outcome()
+    await lock_pupils(conn, upns)
+    ids = [event_id for upn in upns for _, event_id in wanted[upn].values()]
+    applied = {
+        r.event_id for r in await conn.execute(select(t.inbox.c.event_id).where(t.inbox.c.event_id.in_(ids)))
+    }
+    raws, calendars = await load_raw(conn, upns, cache)
+    stored = await load_stored(conn, upns)
+    writes = Writes()
+    events: list[tuple[str, dict[str, Any]]] = []
+    for raw in raws:
+        overlay = wanted[raw.upn]
+        enrolments = []
+        for urn, admission, leaving, text in raw.enrolments:
+            register = orjson.loads(text)
+            for (school, key), (code, event_id) in overlay.items():
+                if school == urn and event_id not in applied:  # else the stored code is as new
+                    register[key] = code
+            enrolments.append((urn, admission, leaving, orjson.dumps(register).decode()))
+        pupil = RawPupil(raw.upn, raw.date_of_birth, raw.care, tuple(enrolments))
+        sessions = {(urn, key[len(day) :]) for urn, key in overlay}
+        for a in engine.assess(pupil_input(pupil, calendars), policy, today, now):
+            for ep in a.episodes:
+                if (
+                    ep.type != FIRST_DAY
+                    or ep.started_on != today
+                    or (a.school_urn, ep.detail.get("session")) not in sessions
+                    or ep.key in stored.get(raw.upn, {})
+                ):
+                    continue
+                row, event = _signal(start_signal(FIRST_DAY), ep.key, ep, raw.upn, now, today)
+                writes.signals.append(row)
+                events.append((raw.upn, event))
+                writes.episodes.append(_episode_row(ep, raw.upn))
+    if writes.episodes:
+        await upsert(conn, t.episodes, writes.episodes, ["upn", "key"])
+        await insert_rows(conn, t.signals.insert(), writes.signals)
+        await enqueue(conn, t.outbox, outbox_records(Topic.SIGNALS, events))
+    return Outcome(pupils=len(raws), signals=len(writes.signals))

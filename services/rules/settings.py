@@ -24,3 +24,7 @@ class RulesSettings(Settings):
     # the service's own process. Worth setting to the core count only where the cores are the
     # service's own: on the shared 2-core bench machine the pool was measured no faster (README).
     assess_workers: int = Field(default=0, ge=0)
+    # The first-day fast path (worker.consume_first_day): a consumer group of its own that raises
+    # first_day_absence for today's absences of pupils with a first-day response before the full
+    # consumer reaches them. Off: the full consumer raises them (same signals, later under load).
+    first_day_fast_path: bool = True

@@ -7,22 +7,27 @@ registry changes arrive, and the scheduler for signals that the clock alone can 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 import structlog
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import projection, recompute
 from services.rules import tables as t
 from shared import directory
 from shared.consumer import InboxConsumer
-from shared.db import try_lock
-from shared.events import CloudEvent, Topic
+from shared.db import Gate, try_lock
+from shared.events import CloudEvent, EventType, Topic
 from shared.observability import error_fields
 from shared.service import Runtime
 
 log = structlog.get_logger()
+FAST_SIGNALS = Counter(
+    "rollcall_first_day_fast_signals_total", "first_day_absence signals raised by the fast path"
+)
 
 
 def calendar_cache(rt: Runtime) -> recompute.CalendarCache:
@@ -58,6 +63,46 @@ async def close_assessors(rt: Runtime) -> None:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+PUPILS_PER_TRANSACTION = 100
+"""The live consumer's unit of work: a batch of marks is applied and recomputed this many pupils
+to a transaction (~0.1–0.3 s on this machine), so the first-day fast path never waits behind a
+whole batch of a backlog for SQLite's write lock."""
+
+_MARKS = (EventType.MARK_RECORDED, EventType.MARK_AMENDED)
+
+
+def by_pupils(events: list[CloudEvent], per: int = PUPILS_PER_TRANSACTION) -> list[list[CloudEvent]]:
+    """``events`` cut into parts of at most ``per`` pupils, each pupil's events in one part and in
+    their order. Parts applied one after another leave the same register and episodes as the
+    whole batch at once: each part recomputes its pupils from what is then stored, and no pupil
+    is in two parts. A batch holding anything but marks (a school's calendar, a pupil's care
+    status: they touch other pupils) stays whole."""
+    if any(e.type not in _MARKS for e in events):
+        return [events]
+    out: list[list[CloudEvent]] = []
+    part_of: dict[str, int] = {}
+    in_last = 0  # pupils in the last part
+    for event in events:
+        upn = event.data["upn"]
+        part = part_of.get(upn)
+        if part is None:
+            if not out or in_last >= per:
+                out.append([])
+                in_last = 0
+            part = part_of[upn] = len(out) - 1
+            in_last += 1
+        out[part].append(event)
+    return out
+
+
+def write_gate(rt: Runtime) -> tuple[Gate, Gate]:
+    """The (bulk, urgent) gates of the live consumer and the first-day fast path: the runtime's
+    ``WriteGate`` on SQLite (the relay's deletes are urgent too), none on PostgreSQL."""
+    if rt.engine.dialect.name != "sqlite":
+        return contextlib.nullcontext, contextlib.nullcontext
+    return rt.write_gate.bulk, rt.write_gate.urgent
+
+
 async def handle(rt: Runtime, conn: AsyncConnection, events: list[CloudEvent]) -> None:
     changes = await projection.apply(conn, events)
     cache = calendar_cache(rt)
@@ -80,8 +125,46 @@ async def consume(rt: Runtime) -> None:
         t.inbox,
         on_events,
         after_commit=rt.relay.wake,
+        split=by_pupils,
+        gate=write_gate(rt)[0],
     )
     rt.state["consumer"] = consumer
+    await consumer.run()
+
+
+async def consume_first_day(rt: Runtime) -> None:
+    """The first-day fast path (``recompute.first_day_now``): its own consumer group on the marks
+    topic, so a looked-after child's absence this morning is signalled within a moment even while
+    the full consumer works through a backlog of the borough's marks. Idempotent without an
+    inbox: an episode already stored raises nothing."""
+
+    if not getattr(rt.settings, "first_day_fast_path", True):
+        return
+
+    async def candidates(events: list[CloudEvent]) -> list[CloudEvent]:
+        marks = [e for e in events if e.type in (EventType.MARK_RECORDED, EventType.MARK_AMENDED)]
+        async with rt.engine.connect() as conn:  # a read: no write lock taken for the rest
+            return await recompute.first_day_candidates(conn, marks, rt.today())
+
+    async def on_events(conn: AsyncConnection, events: list[CloudEvent]) -> None:
+        marks = [(e.id, e.data) for e in events]
+        outcome = await recompute.first_day_now(
+            conn, marks, rt.policy, calendar_cache(rt), rt.today(), rt.now()
+        )
+        if outcome.signals:
+            FAST_SIGNALS.inc(outcome.signals)
+
+    consumer = InboxConsumer(
+        rt.settings.kafka_bootstrap,
+        f"{rt.settings.group}.first-day",
+        [Topic.MARKS],
+        rt.engine,
+        None,
+        on_events,
+        after_commit=rt.relay.wake,
+        prepare=candidates,
+        gate=write_gate(rt)[1],
+    )
     await consumer.run()
 
 
