@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -59,6 +60,8 @@ class InboxConsumer:
         prepare: Callable[[list[CloudEvent]], Awaitable[list[CloudEvent]]] | None = None,
         split: Callable[[list[CloudEvent]], list[list[CloudEvent]]] | None = None,
         gate: Gate = contextlib.nullcontext,
+        commit_when: Callable[[], bool] = lambda: False,
+        part_seconds: float = 0.25,
     ) -> None:
         self._consumer: AIOKafkaConsumer = kafka.consumer(bootstrap, group, *topics)
         self._group = group
@@ -69,10 +72,14 @@ class InboxConsumer:
         # Picks the events worth a write transaction, before one is begun (without an inbox
         # only: the others are passed over; on SQLite every write transaction queues for the lock).
         self._prepare = prepare
-        # Cuts a batch into parts applied in order, each in its own transaction (and its own
-        # inbox rows), so no transaction holds the database for a whole large batch.
+        # Cuts a batch into parts, applied in order; the transaction is committed (and the next
+        # begun) between two parts once it has been open ``part_seconds`` or ``commit_when()``
+        # says another writer waits, so no transaction holds the database (or a pupil's lock)
+        # for a whole large batch, and a quiet moment costs no extra commits.
         self._split = split
         self._gate = gate  # entered around each transaction (``WriteGate``)
+        self._commit_when = commit_when
+        self._part_seconds = part_seconds
         self._max_records = max_records
         self.caught_up = asyncio.Event()  # set once every assigned partition was read to its end
 
@@ -108,9 +115,10 @@ class InboxConsumer:
                     CONSUMED.labels(self._group, tp.topic).inc(len(records))  # labels() per record: 8 %
                 if self._prepare is not None:
                     events = await self._prepare(events)
-                for part in self._split(events) if self._split is not None and events else [events]:
-                    if part:
-                        await self.apply(part)
+                if self._split is not None and len(events) > 1:
+                    await self.apply_parts(self._split(events))
+                elif events:
+                    await self.apply(events)
                 await self._consumer.commit()
                 self._after_commit()
         finally:
@@ -128,6 +136,43 @@ class InboxConsumer:
                 return False
         return True
 
+    async def _apply_in(self, conn: AsyncConnection, events: list[CloudEvent]) -> None:
+        ids = [e.id for e in events]
+        # No inbox: the handler is idempotent by itself (it records nothing per event).
+        fresh = set(ids) if self._inbox is None else await first_times(conn, self._inbox, ids)
+        once: list[CloudEvent] = []
+        for event in events:  # a republished event can appear twice in one batch
+            if event.id in fresh:
+                fresh.discard(event.id)
+                once.append(event)
+        await self._handle(conn, once)
+
+    async def apply_parts(self, parts: list[list[CloudEvent]]) -> None:
+        """Apply ``parts`` in order, as few transactions as the commit rule allows. A failed
+        transaction is retried from its first part (the parts committed before it are in the
+        inbox); for data the database refuses, the parts left are applied one by one."""
+        done = 0
+        delay = 0.5
+        while done < len(parts):
+            at = done
+            try:
+                async with self._gate(), self._engine.begin() as conn:
+                    opened = time.monotonic()
+                    while at < len(parts):
+                        await self._apply_in(conn, parts[at])
+                        at += 1
+                        if self._commit_when() or time.monotonic() - opened >= self._part_seconds:
+                            break
+                done = at
+            except Exception as exc:  # noqa: BLE001 - keep the offsets; try again
+                if _refused_data(exc):
+                    for part in parts[done:]:
+                        await self.apply(part)
+                    return
+                log.error("consumer_apply_retry", group=self._group, **error_fields(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+
     async def apply(self, events: list[CloudEvent]) -> None:
         """Apply the events not seen before, in one transaction; retried until it succeeds (or,
         for data the database refuses, event by event, skipping the refused ones)."""
@@ -135,15 +180,7 @@ class InboxConsumer:
         while True:
             try:
                 async with self._gate(), self._engine.begin() as conn:
-                    ids = [e.id for e in events]
-                    # No inbox: the handler is idempotent by itself (it records nothing per event).
-                    fresh = set(ids) if self._inbox is None else await first_times(conn, self._inbox, ids)
-                    once: list[CloudEvent] = []
-                    for event in events:  # a republished event can appear twice in one batch
-                        if event.id in fresh:
-                            fresh.discard(event.id)
-                            once.append(event)
-                    await self._handle(conn, once)
+                    await self._apply_in(conn, events)
                 return
             except Exception as exc:  # noqa: BLE001 - keep the offsets; try again
                 if _refused_data(exc):

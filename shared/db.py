@@ -223,6 +223,10 @@ class WriteGate:
         finally:
             self._lock.release()
 
+    def waiting(self) -> bool:
+        """Whether an urgent writer waits (a bulk writer commits at its next chance)."""
+        return self._urgent > 0
+
     @contextlib.asynccontextmanager
     async def urgent(self) -> AsyncIterator[None]:
         self._urgent += 1

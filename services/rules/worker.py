@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 import structlog
@@ -63,15 +64,16 @@ async def close_assessors(rt: Runtime) -> None:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-PUPILS_PER_TRANSACTION = 100
+PUPILS_PER_PART = 100
 """The live consumer's unit of work: a batch of marks is applied and recomputed this many pupils
-to a transaction (~0.1–0.3 s on this machine), so the first-day fast path never waits behind a
-whole batch of a backlog for SQLite's write lock."""
+at a time (~0.1–0.3 s on this machine), and its transaction is committed between two parts once
+it has been open 0.25 s or (SQLite) the first-day fast path waits for the write lock, so that
+path never waits behind a whole batch of a backlog (``InboxConsumer.apply_parts``)."""
 
 _MARKS = (EventType.MARK_RECORDED, EventType.MARK_AMENDED)
 
 
-def by_pupils(events: list[CloudEvent], per: int = PUPILS_PER_TRANSACTION) -> list[list[CloudEvent]]:
+def by_pupils(events: list[CloudEvent], per: int = PUPILS_PER_PART) -> list[list[CloudEvent]]:
     """``events`` cut into parts of at most ``per`` pupils, each pupil's events in one part and in
     their order. Parts applied one after another leave the same register and episodes as the
     whole batch at once: each part recomputes its pupils from what is then stored, and no pupil
@@ -95,12 +97,13 @@ def by_pupils(events: list[CloudEvent], per: int = PUPILS_PER_TRANSACTION) -> li
     return out
 
 
-def write_gate(rt: Runtime) -> tuple[Gate, Gate]:
-    """The (bulk, urgent) gates of the live consumer and the first-day fast path: the runtime's
-    ``WriteGate`` on SQLite (the relay's deletes are urgent too), none on PostgreSQL."""
+def write_gate(rt: Runtime) -> tuple[Gate, Gate, Callable[[], bool]]:
+    """The (bulk, urgent) gates of the live consumer and the first-day fast path, and whether an
+    urgent writer waits: the runtime's ``WriteGate`` on SQLite (the relay's deletes are urgent
+    too); on PostgreSQL none (writers lock only the pupils they touch)."""
     if rt.engine.dialect.name != "sqlite":
-        return contextlib.nullcontext, contextlib.nullcontext
-    return rt.write_gate.bulk, rt.write_gate.urgent
+        return contextlib.nullcontext, contextlib.nullcontext, lambda: False
+    return rt.write_gate.bulk, rt.write_gate.urgent, rt.write_gate.waiting
 
 
 async def handle(rt: Runtime, conn: AsyncConnection, events: list[CloudEvent]) -> None:
@@ -127,6 +130,7 @@ async def consume(rt: Runtime) -> None:
         after_commit=rt.relay.wake,
         split=by_pupils,
         gate=write_gate(rt)[0],
+        commit_when=write_gate(rt)[2],
     )
     rt.state["consumer"] = consumer
     await consumer.run()

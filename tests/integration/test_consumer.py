@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sqlalchemy import CheckConstraint, Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import CheckConstraint, Column, Integer, MetaData, String, Table, event, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from shared import kafka
@@ -95,3 +96,70 @@ async def test_an_event_the_database_refuses_is_skipped_and_its_batch_is_applied
     expected: list[Any] = [(n, t) for n, t in enumerate(texts) if len(t) <= 10 and "\x00" not in t]
     assert stored == expected
     assert skipped() == refused
+
+
+async def test_parts_commit_when_asked_and_a_failed_transaction_is_retried_from_its_first_part(
+    db_url: str, kafka_bootstrap: str
+) -> None:
+    """``apply_parts``: parts share a transaction until the commit rule says commit; a transaction
+    that fails is applied again from its own first part (the parts committed before it stay
+    applied once, through the inbox), and every event ends up applied exactly once."""
+    engine = create_async_engine(db_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    commits: list[int] = []
+    event.listen(engine.sync_engine, "commit", lambda conn: commits.append(1))
+    calls: Counter[int] = Counter()
+    last = [-1]  # the last event handled
+    failed = False
+
+    async def handle(conn: AsyncConnection, events: list[CloudEvent]) -> None:
+        nonlocal failed
+        for e in events:
+            calls[e.data["n"]] += 1
+        last[0] = events[-1].data["n"] if events else last[0]
+        if not failed and any(e.data["n"] == 7 for e in events):
+            failed = True
+            raise RuntimeError("a transient fault")  # e.g. the database restarting
+        await conn.execute(insert(NOTES), [{"n": e.data["n"], "text": "ok"} for e in events])
+
+    parts = [
+        [CloudEvent.model_validate(new_event("test.note", "/test", {"n": 2 * k + i})) for i in range(2)]
+        for k in range(6)
+    ]
+
+    def commit_when() -> bool:  # transactions [0, 1], [2, 3], [4, 5]
+        return last[0] in (3, 7)
+
+    consumer = InboxConsumer(
+        kafka_bootstrap, "test-parts", ["unused"], engine, INBOX, handle,
+        commit_when=commit_when, part_seconds=3600,
+    )  # fmt: skip
+    quiet = InboxConsumer(kafka_bootstrap, "test-parts", ["unused"], engine, INBOX, handle)
+    try:
+        before = len(commits)
+        await consumer.apply_parts(parts)
+        async with engine.connect() as conn:
+            stored = [r.n for r in await conn.execute(select(NOTES.c.n).order_by(NOTES.c.n))]
+            inboxed = len((await conn.execute(select(INBOX.c.event_id))).all())
+        assert stored == list(range(12))
+        assert inboxed == 12
+        # part 1 ([2, 3]) and 3 ([6, 7]) make transaction 2 fail once: [4..7] seen twice, the rest once
+        assert calls == Counter({n: 2 if 4 <= n <= 7 else 1 for n in range(12)})
+        assert len(commits) - before == 3
+
+        # Nothing asks for a commit and the transaction is young: one transaction for all parts.
+        more = [
+            [
+                CloudEvent.model_validate(new_event("test.note", "/test", {"n": 100 + 2 * k + i}))
+                for i in range(2)
+            ]
+            for k in range(5)
+        ]
+        before = len(commits)
+        await quiet.apply_parts(more)
+        assert len(commits) - before == 1
+    finally:
+        await engine.dispose()
+        for c in (consumer, quiet):
+            await c._consumer.stop()  # made, never started
