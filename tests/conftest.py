@@ -101,6 +101,20 @@ def postgres_databases() -> Iterator[Callable[[], Awaitable[str]]]:
         yield make
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def make_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Awaitable[str]]:
+    """Makes a fresh database URL per name: a SQLite file, or (the postgres param) a new
+    PostgreSQL database."""
+
+    async def make(name: str) -> str:
+        if request.param == "sqlite":
+            return f"sqlite+aiosqlite:///{tmp_path / name}.db"
+        maker: Callable[[], Awaitable[str]] = request.getfixturevalue("postgres_databases")
+        return await maker()
+
+    return make
+
+
 @pytest.fixture
 async def postgres_url(postgres_databases: Callable[[], Awaitable[str]]) -> str:
     """A new, empty PostgreSQL database for one test, dropped afterwards."""

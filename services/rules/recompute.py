@@ -501,10 +501,10 @@ async def first_day_now(
 
     The first-day fast path (issue 8: a social worker alerted in a fraction of a second while the
     morning's marks queue up behind a backlog). ``marks`` are mark events as ``(event id, data)``,
-    read by a consumer group of their own from ``rollcall.marks.v1``; those not of today, not an
-    absence, or of a pupil whose care status asks for no first-day response cost one look-up and
-    nothing else. For the rest the pupil is assessed by the same engine, on the stored register
-    with these marks laid over it, and only the
+    read by a consumer group of their own from ``rollcall.marks.v1`` (``first_day_candidates``
+    has passed over those of pupils whose care status asks for no first-day response); marks not
+    of today or not an absence cost nothing. For the rest the pupil is assessed by the same
+    engine, on the stored register with these marks laid over it, and only the
     ``first_day_absence`` episodes of those sessions that are not stored yet are written, with their
     signals, exactly as ``assess_and_diff`` writes a new episode. The full recompute later finds the
     episode stored and raises nothing: pupils are locked (``lock_pupils``; SQLite's single writer)
@@ -531,12 +531,7 @@ async def first_day_now(
     }
     if not wanted:
         return Outcome()
-    c = t.care.c
-    vulnerable = or_(c.cin, c.cp, c.cla, c.etac)
-    rows = await conn.execute(select(c.upn).where(c.upn.in_(sorted(wanted)), vulnerable))
-    upns = sorted(r.upn for r in rows)
-    if not upns:
-        return Outcome()
+    upns = sorted(wanted)  # the engine raises first_day_absence only where care status asks for it
     await lock_pupils(conn, upns)
     ids = [event_id for upn in upns for _, event_id in wanted[upn].values()]
     applied = {

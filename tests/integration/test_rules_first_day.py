@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,17 +30,6 @@ TODAY = dt.date(2025, 3, 14)  # a Friday in term
 NOW = dt.datetime(2025, 3, 14, 9, 5, tzinfo=dt.UTC)
 SCALE = 0.01
 COMPULSORY_AGE_YEARS = [str(y) for y in range(2, 11)]  # of compulsory school age all year
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def make_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Awaitable[str]]:
-    async def make(name: str) -> str:
-        if request.param == "sqlite":
-            return f"sqlite+aiosqlite:///{tmp_path / name}.db"
-        maker: Callable[[], Awaitable[str]] = request.getfixturevalue("postgres_databases")
-        return await maker()
-
-    return make
 
 
 Mark = tuple[str, dict[str, Any]]  # (event id, mark event data)

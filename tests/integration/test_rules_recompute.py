@@ -9,7 +9,6 @@ import datetime as dt
 import multiprocessing
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,17 +26,6 @@ TODAY = dt.date(2025, 3, 14)
 NOW = dt.datetime(2025, 3, 14, 16, tzinfo=dt.UTC)
 SORTED = orjson.OPT_SORT_KEYS
 SCALE = 0.007  # ~260 pupils of the synthetic borough: above recompute.PARALLEL_MIN_PUPILS
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def make_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Awaitable[str]]:
-    async def make(name: str) -> str:
-        if request.param == "sqlite":
-            return f"sqlite+aiosqlite:///{tmp_path / name}.db"
-        maker: Callable[[], Awaitable[str]] = request.getfixturevalue("postgres_databases")
-        return await maker()
-
-    return make
 
 
 async def recompute_all(url: str, upns: list[str], pool: Executor | None) -> tuple[int, dict[str, Any]]:
