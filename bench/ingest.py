@@ -38,7 +38,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import summary
-from bench.stack import ROOT, free_port, start_service
+from bench.stack import ROOT, free_port, start_processes
 from deploy.kafka import Broker
 from shared import kafka
 from shared.events import Topic
@@ -58,9 +58,17 @@ async def end_offsets(bootstrap: str) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its children (uvicorn's worker processes;
+    Linux /proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Backlog:
@@ -110,7 +118,7 @@ async def load(base: str, *argv: str) -> dict[str, Any]:
 
 
 async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
-    proc, base = await start_service("ingest", db_url, bootstrap)
+    proc, base = await start_processes("ingest", db_url, bootstrap, args.processes, {})
     backlog = Backlog(db_url)
     try:
         before = await end_offsets(bootstrap)
@@ -133,11 +141,13 @@ async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> 
         await sampler
         started = batch["started_at"]
         max_backlog = max((n for t, n in backlog.samples if t >= started), default=0)
+        cpu1 = cpu_seconds(proc.pid)
         single = await load(
             base, "--mode", "single", "--rate", str(args.single_rate),
             "--duration", str(args.single_duration), "--schools", "20", "--pupils", "200",
             "--urn-base", "160000", "--connections", "512",
         )  # fmt: skip
+        single_cpu = cpu_seconds(proc.pid) - cpu1
     finally:
         await backlog.close()
         proc.terminate()
@@ -148,6 +158,7 @@ async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> 
         "published_per_s": batch["marks"] / (published_at - started),
         "max_backlog": max_backlog,
         "cpu_per_100k": cpu / batch["marks"] * 100_000 if batch["marks"] else 0.0,
+        "single_cpu_ms": single_cpu / single["requests"] * 1000 if single["requests"] else 0.0,
     }
 
 
@@ -175,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-rate", type=float, default=1000, help="single-mark POSTs per second")
     parser.add_argument("--single-duration", type=float, default=20)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--processes", type=int, default=1, help="ingest's uvicorn worker processes")
     args = parser.parse_args(argv)
     if args.sustained:
         args.duration, args.schools, args.pupils = 300.0, 8, 5000
@@ -210,7 +222,7 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
     head = (
         f"{'database':<11}{'durable/s':>10}{'published/s':>12}{'max backlog':>12}{'batch p50':>10}"
         f"{'p99 ms':>8}{'CPU s/100k':>11}{'single/s':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max ms':>9}"
-        f"{'errors':>7}"
+        f"{'errors':>7}{'CPU ms/POST':>12}"
     )
     print(head)
     for backend, r in rows:
@@ -231,5 +243,8 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
             f"{backend:<11}{b['mark_rate']:>10.0f}{r['published_per_s']:>12.0f}{r['max_backlog']:>12.0f}"
             f"{bl['p50']:>10.0f}{bl['p99']:>8.0f}{r['cpu_per_100k']:>11.2f}{s['request_rate']:>9.0f}"
             f"{sl['p50']:>9.1f}{sl['p99']:>9.1f}{sl['p99.9']:>9.1f}{sl['max']:>9.1f}"
-            f"{b['errors'] + s['errors']:>7}"
+            f"{b['errors'] + s['errors']:>7}{r['single_cpu_ms']:>12.2f}"
         )
+        for phase, r_ in (("batch", b), ("single", s)):
+            if r_["errors"]:
+                print(f"  {phase}: {r_['errors']} errors, the first: {r_['first_error']}")

@@ -13,8 +13,11 @@ has arrived.
 mark → webhook p99 < 1 s while ingest takes 5,000 marks/s): five other schools' registers
 (1,000 pupils each, term days from September, ~6 % absence) are POSTed in 500-mark batches at that rate,
 open loop (a batch is sent on schedule whether or not the previous one was answered), while the
-marks are timed. Every service here is on SQLite, the embedded default; the load generator runs
-on the same two cores.
+marks are timed. Every service is on SQLite, the embedded default, or with ``--postgres`` on
+PostgreSQL (``ROLLCALL_BENCH_POSTGRES_URL``; ``make bench`` sets it); the load generator runs on
+the same two cores. ``--rules-processes 2`` runs rules as two processes on its one database
+(README "Scaling out"): one with the first-day fast path and the outbox relay, one with the bulk
+consumer, the scheduler and the API.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import httpx
 import orjson
 
 from bench import summary
+from bench.audit import drop_postgres
+from bench.ingest import fresh_postgres
 from bench.stack import ADMIN, free_port, register_school, school_days, start_service
 from deploy.kafka import Broker
 from services.notifications import signing
@@ -48,6 +53,7 @@ from shared.events import Topic
 from shared.settings import DEV_JWT_SECRET
 
 DAY = "2025-03-03"  # a Monday in term: every service's "today"
+SERVICES = ("ingest", "rules", "notifications")
 ROLES = {"vs": "virtual_school", "ao": "attendance_officer"}
 
 
@@ -213,25 +219,35 @@ class Background:
         await asyncio.gather(*self._tasks)
 
 
+FIRST_DAY_PROCESS = {"ROLLCALL_WORKERS": "consume_first_day,consume_directory"}
+BULK_PROCESS = {"ROLLCALL_WORKERS": "-consume_first_day", "ROLLCALL_RELAY_ENABLED": "false"}
+"""Rules as two processes on one database: the fast path with the outbox relay (so its signals are
+published by an idle process), and everything else, whose events that relay publishes too."""
+
+
 async def bench_latency(
-    bootstrap: str, work: Path, samples: int, workers: int, background_rate: float = 0
+    bootstrap: str,
+    work: Path,
+    samples: int,
+    workers: int,
+    background_rate: float = 0,
+    databases: dict[str, str] | None = None,
+    rules_processes: int = 1,
 ) -> dict[str, float]:
     env = {"ROLLCALL_TODAY": DAY}
     group = f"bench-{uuid.uuid4().hex[:6]}"
+    db = databases or {s: f"sqlite+aiosqlite:///{work / f'{s}.db'}" for s in SERVICES}
     procs: list[subprocess.Popen[bytes]] = []
     rx = Receiver(asyncio.get_running_loop())
     try:
-        ingest, ingest_url = await start_service(
-            "ingest", f"sqlite+aiosqlite:///{work / 'ingest.db'}", bootstrap, **env
-        )
+        ingest, ingest_url = await start_service("ingest", db["ingest"], bootstrap, **env)
         procs.append(ingest)
-        rules, _ = await start_service(
-            "rules", f"sqlite+aiosqlite:///{work / 'rules.db'}", bootstrap, **env,
-            ROLLCALL_CONSUMER_GROUP=f"{group}-rules", ROLLCALL_SCHEDULER_SECONDS="3600",
-        )  # fmt: skip
-        procs.append(rules)
+        rules_env = dict(env, ROLLCALL_CONSUMER_GROUP=f"{group}-rules", ROLLCALL_SCHEDULER_SECONDS="3600")
+        for extra in [FIRST_DAY_PROCESS, BULK_PROCESS] if rules_processes == 2 else [{}]:
+            rules, _ = await start_service("rules", db["rules"], bootstrap, **rules_env, **extra)
+            procs.append(rules)
         notifications, notifications_url = await start_service(
-            "notifications", f"sqlite+aiosqlite:///{work / 'notifications.db'}", bootstrap, **env,
+            "notifications", db["notifications"], bootstrap, **env,
             ROLLCALL_CONSUMER_GROUP=f"{group}-notifications", ROLLCALL_ESCALATION_SECONDS="86400",
         )  # fmt: skip
         procs.append(notifications)
@@ -375,19 +391,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=1000, help="first-day alerts timed one at a time")
     parser.add_argument("--social-workers", type=int, default=20, help="social workers the pupils share")
     parser.add_argument("--background-rate", type=float, default=0, help="marks/s of register load meanwhile")
+    parser.add_argument("--postgres", action="store_true", help="every service on PostgreSQL, not SQLite")
+    parser.add_argument(
+        "--rules-processes", type=int, choices=(1, 2), default=1,
+        help="2: the first-day fast path (and the relay) in a rules process of its own",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    base = os.environ.get("ROLLCALL_BENCH_POSTGRES_URL")
+    if args.postgres and not base:
+        parser.error("--postgres needs ROLLCALL_BENCH_POSTGRES_URL (`make bench` sets it)")
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-notifications-"))
     broker = Broker(work / "kafka", free_port(), free_port())
     broker.start()
     asyncio.run(kafka.ensure_topics(broker.bootstrap))
+    databases: dict[str, str] = {}
     try:
+        if base and args.postgres:
+            databases = {s: asyncio.run(fresh_postgres(base)) for s in SERVICES}
         lat = asyncio.run(
-            bench_latency(broker.bootstrap, work, args.samples, args.social_workers, args.background_rate)
-        )
+            bench_latency(
+                broker.bootstrap, work, args.samples, args.social_workers, args.background_rate,
+                databases, args.rules_processes,
+            )
+        )  # fmt: skip
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nnotifications — {os.cpu_count()} cores")
+        for url in databases.values():
+            asyncio.run(drop_postgres(base or "", url.rsplit("/", 1)[1]))
+    where = f"{'PostgreSQL' if args.postgres else 'SQLite'}, rules in {args.rules_processes} process(es)"
+    print(f"\nnotifications — {os.cpu_count()} cores, {where}")
     if args.background_rate:
         print(
             f"under load: {lat['background_offered']:.0f} marks/s offered, {lat['background_stored']:.0f}/s "

@@ -136,7 +136,7 @@ async def purge(
 def purge_worker(rules: Sequence[Rule]) -> Callable[[Any], Coroutine[Any, Any, None]]:
     """The daily purge as a service worker (``service_app(workers=...)``)."""
 
-    async def run(rt: Any) -> None:
+    async def purge(rt: Any) -> None:
         settings: Settings = rt.settings
         if not settings.purge_enabled:
             return
@@ -148,7 +148,7 @@ def purge_worker(rules: Sequence[Rule]) -> Callable[[Any], Coroutine[Any, Any, N
                 log.error("purge_failed", service=settings.service, **error_fields(exc))
             await asyncio.sleep(settings.purge_interval_seconds)
 
-    return run
+    return purge
 
 
 async def once(

@@ -109,6 +109,34 @@ async def _relay_when_ready(runtime: Runtime) -> None:
         await runtime.relay.run()
 
 
+Worker = Callable[[Runtime], Coroutine[Any, Any, None]]
+
+
+def select_workers(workers: Sequence[Worker], spec: str) -> list[Worker]:
+    """The workers a process runs, by ``ROLLCALL_WORKERS``: ``all``, ``none``, a comma list of
+    worker names (their function names, e.g. ``consume_first_day,consume_directory``) or a comma
+    list of ``-name`` (all but those). A name the service does not have is refused with the names
+    it has, so a mistyped deployment fails at start rather than silently running nothing."""
+    names = [w.__name__ for w in workers]
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    if items == ["all"]:
+        return list(workers)
+    if items == ["none"]:
+        return []
+    skip = items[0].startswith("-") if items else False
+    if not items or any(item.startswith("-") != skip for item in items):
+        raise ValueError(
+            f"ROLLCALL_WORKERS={spec!r}: give all, none, worker names, or -names to leave out (not both)"
+        )
+    wanted = {item.removeprefix("-") for item in items}
+    unknown = sorted(wanted - set(names))
+    if unknown:
+        raise ValueError(
+            f"ROLLCALL_WORKERS names {', '.join(unknown)}; this service's workers are {', '.join(names)}"
+        )
+    return [w for w in workers if (w.__name__ in wanted) != skip]
+
+
 def service_app(
     name: str,
     settings: Settings,
@@ -117,7 +145,7 @@ def service_app(
     description: str,
     routers: list[Callable[[FastAPI], None]],
     version: str = "1.0.0",
-    workers: Sequence[Callable[[Runtime], Coroutine[Any, Any, None]]] = (),
+    workers: Sequence[Worker] = (),
     bulk_routes: Collection[str] = (),
     audit: AuditTables | None = None,
     exporter: Exporter | None = None,
@@ -127,7 +155,9 @@ def service_app(
     routes. ``bulk_routes`` (route templates) may take bodies up to ``max_body_bytes``. With
     ``audit``, reads of pupil-level data are audited (``shared/audit.py``) and ``GET /v1/audit``
     is served; with ``exporter``, ``GET /v1/pupils/{upn}/export`` (subject access). ``setup``
-    functions fill ``Runtime.state`` before any worker starts or request is served."""
+    functions fill ``Runtime.state`` before any worker starts or request is served. The process
+    runs the ``workers`` that ``settings.workers`` selects (``select_workers``)."""
+    workers = select_workers(workers, settings.workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

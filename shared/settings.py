@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     policy_file: Path | None = None
     relay_enabled: bool = True
+    # Which of the service's background workers this process runs (``shared.service.select_workers``):
+    # ``all``, ``none``, a comma list of worker names, or a comma list of ``-name`` to run all but
+    # those. Lets one service run as several kinds of process on one database (README "Scaling out").
+    workers: str = "all"
     relay_batch: int = 10_000
     # Backpressure: a marks request waits (up to 5 s) while more events than this are unpublished.
     relay_max_backlog: int = 50_000
