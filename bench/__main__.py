@@ -1,4 +1,4 @@
-"""``python -m bench [ingest|rules|notifications|dashboard|audit|all] [options]``
+"""``python -m bench [ingest|rules|notifications|dashboard|audit|borough|all] [options]``
 
 ``make bench`` runs ``all``.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import audit, dashboard, ingest, notifications, rules, summary
+from bench import audit, borough, dashboard, ingest, notifications, rules, summary
 
 
 def main() -> None:
@@ -25,9 +25,11 @@ def main() -> None:
         dashboard.main(args if which == "dashboard" else [])
     if which in ("audit", "all"):
         audit.main(args if which == "audit" else [])
-    if which not in ("ingest", "rules", "notifications", "dashboard", "audit", "all"):
+    if which in ("borough", "all"):
+        borough.main(args if which == "borough" else [])
+    if which not in ("ingest", "rules", "notifications", "dashboard", "audit", "borough", "all"):
         raise SystemExit(
-            f"unknown benchmark {which!r}: ingest, rules, notifications, dashboard, audit or all"
+            f"unknown benchmark {which!r}: ingest, rules, notifications, dashboard, audit, borough or all"
         )
     print(summary.render())
 

@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
-from bench.ingest import fresh_postgres
+from bench.ingest import drop_postgres, fresh_postgres
 from bench.rules import fill_rules_db
 from shared import audit
 from shared.auth import mint_token
@@ -62,14 +61,6 @@ async def measure(url: str, scale: float, rounds: int, per_round: int) -> dict[s
                         assert r.status_code == 200, r.text
     audit.write_entry = real_write
     return times
-
-
-async def drop_postgres(base: str, name: str) -> None:
-    conn = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def report(name: str, times: dict[str, list[float]]) -> None:

@@ -172,6 +172,23 @@ async def fresh_postgres(base: str) -> str:
     return base.rsplit("/", 1)[0] + f"/{name}"
 
 
+async def drop_postgres(base: str, name: str) -> None:
+    """Drop a benchmark's database. ``FORCE`` ends its remaining sessions, but not an autovacuum
+    worker's (a superuser's) after a large load: then wait for it and try again, and at worst leave
+    the database behind with a warning rather than lose the figures still to be printed."""
+    conn = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        for attempt in range(10):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                await asyncio.sleep(1 + attempt)
+        print(f"warning: could not drop the benchmark database {name} (autovacuum still running)")
+    finally:
+        await conn.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench ingest",
@@ -205,7 +222,11 @@ def main(argv: list[str] | None = None) -> None:
                     print("postgresql: skipped (ROLLCALL_BENCH_POSTGRES_URL not set; `make bench` sets it)")
                     continue
                 url = asyncio.run(fresh_postgres(base))
-            rows.append((backend, asyncio.run(run_backend(url, broker.bootstrap, args))))
+            try:
+                rows.append((backend, asyncio.run(run_backend(url, broker.bootstrap, args))))
+            finally:
+                if base and backend != "sqlite":
+                    asyncio.run(drop_postgres(base, url.rsplit("/", 1)[1]))
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)

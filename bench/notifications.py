@@ -42,8 +42,7 @@ import httpx
 import orjson
 
 from bench import summary
-from bench.audit import drop_postgres
-from bench.ingest import fresh_postgres
+from bench.ingest import drop_postgres, fresh_postgres
 from bench.stack import ADMIN, free_port, register_school, school_days, start_service
 from deploy.kafka import Broker
 from services.notifications import signing
