@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[tuple[str, dict[str, Any]]] = []
     try:
         for backend in args.backends.split(","):
+            base: str | None = None  # the PostgreSQL server a fresh database was made on
             if backend == "sqlite":
                 url = f"sqlite+aiosqlite:///{work / 'ingest.db'}"
             else:
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 rows.append((backend, asyncio.run(run_backend(url, broker.bootstrap, args))))
             finally:
-                if base and backend != "sqlite":
+                if base:
                     asyncio.run(drop_postgres(base, url.rsplit("/", 1)[1]))
     finally:
         broker.kill()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -26,16 +27,10 @@ FAST = {"workers": "consume_first_day,consume_directory"}
 BULK = {"workers": "-consume_first_day", "relay_enabled": False}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def urls(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str]:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ingest.db'}", f"sqlite+aiosqlite:///{tmp_path / 'rules.db'}"
-    make = request.getfixturevalue("postgres_databases")
-    return await make(), await make()
-
-
-async def test_first_day_process_and_bulk_process(urls: tuple[str, str], kafka_bootstrap: str) -> None:
-    ingest_url, rules_url = urls
+async def test_first_day_process_and_bulk_process(
+    make_url: Callable[[str], Awaitable[str]], kafka_bootstrap: str
+) -> None:
+    ingest_url, rules_url = await make_url("ingest"), await make_url("rules")
     group = f"test-{uuid.uuid4().hex[:8]}"
     estab = random.randrange(5000, 6000)  # the signals topic is shared by the whole test run
     urn = str(130000 + estab)
