@@ -18,6 +18,8 @@ def main() -> None:
         ingest.main(args if which == "ingest" else [])
     if which in ("rules", "all"):
         rules.main(args if which == "rules" else [])
+        if which == "all" and os.environ.get("ROLLCALL_BENCH_POSTGRES_URL"):
+            rules.main(["--only", "get", "--postgres"])  # the reads on the deployment database too
     if which in ("notifications", "all"):
         notifications.main(args if which == "notifications" else [])
         if which == "all":  # issue 8: the same latencies while ingest takes 5,000 marks/s

@@ -13,7 +13,9 @@ consumption rate, attendance reads under load and the service's memory.
   emptied. ``--workers N`` assesses in N worker processes.
 * **attendance reads**: ``GET /v1/pupils/{upn}/attendance`` at ``--get-rate`` requests/s, open
   loop from ``bench.load --mode attendance`` in its own process, against rules under uvicorn on
-  that recomputed database; then the rules process's resident memory (current and peak).
+  that recomputed database; then the rules process's resident memory (current and peak). With
+  ``--postgres`` the reads are against a fresh PostgreSQL database of the ``--db-scale`` borough
+  (``ROLLCALL_BENCH_POSTGRES_URL``), the production database, dropped afterwards.
 * **consumption**: ingest takes ``--consume-days`` school days of marks for
   ``--consume-pupils`` pupils and publishes them; rules then starts on a fresh consumer group
   and is timed from its first committed batch to the last (marks/s it can take).
@@ -44,6 +46,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
 from bench import summary
+from bench.ingest import drop_postgres, fresh_postgres
 from bench.stack import free_port, register_school, school_days, start_service
 from borough.generate import Borough
 from deploy.kafka import Broker
@@ -474,6 +477,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--consume-days", type=int, default=30, help="school days of their marks")
     parser.add_argument("--get-rate", type=float, default=200, help="attendance reads per second")
     parser.add_argument("--get-duration", type=float, default=30, help="seconds of attendance reads")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the attendance reads against PostgreSQL (a fresh database of --db-scale) instead of SQLite",
+    )
     parser.add_argument("--skip-engine", action="store_true", help="skip the pure-engine benchmark")
     parser.add_argument(
         "--workers", type=int, default=0, help="assessor processes for the recompute (0: none)"
@@ -485,6 +493,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
+    base = os.environ.get("ROLLCALL_BENCH_POSTGRES_URL")
+    if args.postgres and not base:
+        parser.error("--postgres needs ROLLCALL_BENCH_POSTGRES_URL (`make bench` sets it)")
     work = Path(tempfile.mkdtemp(prefix="rollcall-bench-rules-"))
     broker = Broker(work / "kafka", free_port(), free_port())
     broker.start()
@@ -502,16 +513,26 @@ def main(argv: list[str] | None = None) -> None:
         if "recompute" in only:
             rec = asyncio.run(bench_recompute(rules_url, args.seed, args.db_scale, args.db, args.workers))
             report_recompute(rec, f"{args.db.name}" if args.db else f"scale {args.db_scale}", args.workers)
-        if "get" in only and "recompute" not in only:  # reads need a database, not its assessments
+        if "get" in only and "recompute" not in only and not args.postgres:  # a database, not assessments
             if args.db is None:
                 asyncio.run(fill_rules_db(rules_url, args.seed, args.db_scale))
             else:
                 asyncio.run(reuse_rules_db(args.db, work / "rules.db"))
-        if "get" in only:
+        if "get" in only and args.postgres and base:
+            pg_url = asyncio.run(fresh_postgres(base))
+            try:
+                asyncio.run(fill_rules_db(pg_url, args.seed, args.db_scale))
+                get = asyncio.run(
+                    bench_attendance(pg_url, broker.bootstrap, work, args.get_rate, args.get_duration)
+                )
+            finally:
+                asyncio.run(drop_postgres(base, pg_url.rsplit("/", 1)[1]))
+            report_attendance(get, args.get_rate, "PostgreSQL")
+        elif "get" in only:
             get = asyncio.run(
                 bench_attendance(rules_url, broker.bootstrap, work, args.get_rate, args.get_duration)
             )
-            report_attendance(get, args.get_rate)
+            report_attendance(get, args.get_rate, "SQLite")
         if "consume" in only:
             con = asyncio.run(bench_consume(broker.bootstrap, work, args.consume_pupils, args.consume_days))
             print(
@@ -549,10 +570,10 @@ def report_recompute(rec: dict[str, float], source: str, workers: int) -> None:
     print(f"  (database prepared in {rec['fill_s']:.1f} s)", flush=True)
 
 
-def report_attendance(get: dict[str, Any], rate: float) -> None:
+def report_attendance(get: dict[str, Any], rate: float, backend: str) -> None:
     lat_ms = get["latency_ms"]
     print(
-        f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s over {get['pupils']} enrolments: "
+        f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s over {get['pupils']} enrolments ({backend}): "
         f"{get['requests']} ok, {get['errors']} errors, p50 {lat_ms['p50']:.1f} ms, "
         f"p99 {lat_ms['p99']:.1f} ms, max {lat_ms['max']:.1f} ms",
         flush=True,
@@ -565,6 +586,6 @@ def report_attendance(get: dict[str, Any], rate: float) -> None:
     summary.add(
         f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s",
         "p99 < 20 ms",
-        f"p50 {lat_ms['p50']:.1f} ms, p99 {lat_ms['p99']:.1f} ms ({get['pupils']} enrolments)",
+        f"p50 {lat_ms['p50']:.1f} ms, p99 {lat_ms['p99']:.1f} ms ({get['pupils']} enrolments, {backend})",
     )
     summary.add("rules RSS, borough loaded", "< 1 GiB", f"{get['rss_peak_mib']:.0f} MiB peak")

@@ -56,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Principal, require_la_admin
-from shared.db import insert_rows
+from shared.db import insert_rows, plain_insert
 from shared.fields import IsoDateTime
 from shared.observability import error_fields
 from shared.problems import problem_responses
@@ -209,6 +209,8 @@ class AuditWriter:
     def __init__(self, engine: AsyncEngine, tables: AuditTables) -> None:
         self.engine = engine
         self._tables = tables
+        # Built once: SQLAlchemy then finds the compiled form in its cache by identity.
+        self._log_insert = tables.log.insert().returning(tables.log.c.id, sort_by_parameter_order=True)
         self._pending: list[tuple[dict[str, Any], tuple[str, ...], asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -224,20 +226,13 @@ class AuditWriter:
             batch, self._pending = self._pending, []
             try:
                 async with self.engine.begin() as conn:
-                    ids = (
-                        await conn.execute(
-                            self._tables.log.insert().returning(
-                                self._tables.log.c.id, sort_by_parameter_order=True
-                            ),
-                            [row for row, _, _ in batch],
-                        )
-                    ).scalars()
+                    ids = (await conn.execute(self._log_insert, [row for row, _, _ in batch])).scalars()
                     subjects = [
                         {"audit_id": audit_id, "upn": upn}
                         for audit_id, (_, upns, _) in zip(ids, batch, strict=True)
                         for upn in upns
                     ]
-                    await insert_rows(conn, self._tables.subjects.insert(), subjects)
+                    await insert_rows(conn, plain_insert(self._tables.subjects), subjects)
             except Exception as exc:  # noqa: BLE001 - each waiting request answers 503
                 for _, _, done in batch:
                     if not done.done():
@@ -362,7 +357,7 @@ def add_audit_routes(app: FastAPI, tables: AuditTables) -> None:
         if end is not None:
             q = q.where(a.at < end)
         runtime = request.app.state.runtime
-        async with runtime.engine.connect() as conn:
+        async with runtime.reads.connect() as conn:
             rows = (await conn.execute(q)).all()
             ids = [r.id for r in rows]
             upns: dict[int, list[str]] = {i: [] for i in ids}
@@ -439,7 +434,7 @@ def add_export_route(app: FastAPI, service: str, exporter: Exporter) -> None:
         other pupils are never included. An unknown UPN is an empty export, not a 404 (the answer
         to "what do you hold?" may be "nothing")."""
         runtime = request.app.state.runtime
-        async with runtime.engine.connect() as conn:
+        async with runtime.reads.connect() as conn:
             data = await exporter(conn, upn)
         return {
             "service": service,

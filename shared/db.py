@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -31,7 +32,8 @@ def _json(value: Any) -> str:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE transactions.
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE transactions (DEFERRED
+    on a ``reader``).
 
     JSON columns are written with orjson (dates and datetimes as ISO strings).
     """
@@ -53,13 +55,30 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader's transaction (``reader``) is DEFERRED: a snapshot, no write lock.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(url, **kwargs)
+
+
+READ_ONLY = "rollcall_read_only"
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for transactions that only read (same pool). On SQLite they BEGIN DEFERRED, so a
+    read takes a snapshot and never the write lock: every transaction beginning IMMEDIATE made each
+    read wait for (and block) the writers, the consumers' batches and the first-day fast path. On
+    PostgreSQL they are READ ONLY transactions, so a write on a reader fails at once, in tests too.
+    """
+    options: dict[str, Any] = {READ_ONLY: True}
+    if engine.dialect.name != "sqlite":
+        options["postgresql_readonly"] = True
+    return engine.execution_options(**options)
 
 
 async def ping(engine: AsyncEngine) -> None:
@@ -146,20 +165,32 @@ async def upsert(
     columns named in ``add`` are added to the stored values instead (counters kept by deltas)."""
     if not rows:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(table)
-    columns = [c for c in rows[0] if c not in keys]
     if add:
         rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))  # one lock order: no deadlocks
-    stmt = (
-        stmt.on_conflict_do_update(
-            index_elements=keys,
-            set_={c: (table.c[c] + stmt.excluded[c]) if c in add else stmt.excluded[c] for c in columns},
-        )
-        if columns
-        else stmt.on_conflict_do_nothing(index_elements=keys)
-    )
+    columns = tuple(c for c in rows[0] if c not in keys)
+    stmt = _upsert_statement(conn.dialect.name, table, tuple(keys), columns, add)
     await insert_rows(conn, stmt, rows)
+
+
+@lru_cache(maxsize=128)
+def _upsert_statement(
+    dialect: str, table: Any, keys: tuple[str, ...], columns: tuple[str, ...], add: tuple[str, ...]
+) -> Insert:
+    """``upsert``'s statement, built once per table and shape (so ``insert_rows`` compiles it once)."""
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    if not columns:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))
+    return stmt.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={c: (table.c[c] + stmt.excluded[c]) if c in add else stmt.excluded[c] for c in columns},
+    )
+
+
+@lru_cache(maxsize=64)
+def plain_insert(table: Any) -> Insert:
+    """``table.insert()``, one statement object per table, so ``insert_rows`` compiles it once."""
+    stmt: Insert = table.insert()
+    return stmt
 
 
 async def insert_rows(conn: AsyncConnection, stmt: Insert, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -168,25 +199,37 @@ async def insert_rows(conn: AsyncConnection, stmt: Insert, rows: Sequence[Mappin
 
     SQLAlchemy's own ``executemany`` builds and processes a parameter dict per row, which was the
     largest part of the rules consumer's database time (py-spy, issue 8). Here the statement is
-    compiled once for the dialect, and each row becomes a tuple in the compiled statement's
+    compiled once for the dialect (and remembered, for a statement object that is reused:
+    ``plain_insert``, ``upsert``), and each row becomes a tuple in the compiled statement's
     positional order, passed through each column type's own bind processor (a date becomes the
     string SQLAlchemy stores on SQLite, a JSON value its text), so the rows stored are exactly
     those ``conn.execute(stmt, rows)`` would store (a test compares both on SQLite and PostgreSQL).
     """
     if not rows:
         return
-    dialect = conn.dialect
-    compiled = stmt.compile(dialect=dialect, column_keys=list(rows[0]))
-    names = compiled.positiontup or []
-    processors = [compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names]
-    if set(names) - set(rows[0]):  # a bound value of the statement's own: the general path
+    sql, names, processors = _compiled(stmt, conn.dialect, tuple(rows[0]))
+    if sql is None:  # a bound value of the statement's own: the general path
         await conn.execute(stmt, list(rows))
         return
     params = [
         tuple(row[n] if proc is None else proc(row[n]) for n, proc in zip(names, processors, strict=True))
         for row in rows
     ]
-    await conn.exec_driver_sql(str(compiled), params)
+    await conn.exec_driver_sql(sql, params)
+
+
+@lru_cache(maxsize=256)
+def _compiled(
+    stmt: Insert, dialect: Any, keys: tuple[str, ...]
+) -> tuple[str | None, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]:
+    """``stmt`` compiled for ``dialect`` and rows with ``keys``: its SQL (None when it binds a value
+    of its own), the positional parameter names and each one's bind processor."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    names = tuple(compiled.positiontup or [])
+    if set(names) - set(keys):
+        return None, (), ()
+    processors = tuple(compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names)
+    return str(compiled), names, processors
 
 
 Gate = Callable[[], contextlib.AbstractAsyncContextManager[None]]

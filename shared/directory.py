@@ -29,13 +29,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, delete, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.auth import Principal, Scope
@@ -140,13 +153,18 @@ class Directory:
         if principal.has(Scope.ADMIN):
             return None
         await self.wait_loaded()
-        r = self.tables.recipients.c
-        role = (await conn.execute(select(r.role).where(r.id == principal.sub))).scalar_one_or_none()
-        if role not in RESTRICTED_ROLES:
+        rows = (await conn.execute(self._caller_query, {"sub": principal.sub})).all()
+        if not rows or rows[0].role not in RESTRICTED_ROLES:
             return None
-        a = self.tables.allocations.c
-        upns = (await conn.execute(select(a.upn).where(a.recipient == principal.sub))).scalars().all()
-        return frozenset(upns)
+        return frozenset(r.upn for r in rows if r.upn is not None)
+
+    @functools.cached_property
+    def _caller_query(self) -> Select[tuple[str, str | None]]:
+        """The caller's role and, for a restricted role, its allocated pupils, in one round trip (a
+        row per pupil, or one row with no pupil); built once: this runs on every pupil-level read."""
+        r, a = self.tables.recipients, self.tables.allocations
+        joined = r.outerjoin(a, and_(a.c.recipient == r.c.id, r.c.role.in_(sorted(RESTRICTED_ROLES))))
+        return select(r.c.role, a.c.upn).select_from(joined).where(r.c.id == bindparam("sub"))
 
 
 def directory_of(state: dict[str, Any], tables: DirectoryTables) -> Directory:

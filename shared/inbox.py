@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import insert_rows
+from shared.db import insert_rows, plain_insert
 
 
 def inbox_table(metadata: MetaData) -> Table:
@@ -40,6 +40,6 @@ async def first_times(conn: AsyncConnection, table: Table, event_ids: list[str])
         done = {r.event_id for r in rows}
         fresh = [i for i in chunk if i not in done]
         if fresh:
-            await insert_rows(conn, table.insert(), [{"event_id": i} for i in fresh])
+            await insert_rows(conn, plain_insert(table), [{"event_id": i} for i in fresh])
         new.update(fresh)
     return new

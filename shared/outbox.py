@@ -46,13 +46,12 @@ from sqlalchemy import (
     String,
     Table,
     delete,
-    insert,
     select,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.db import Gate, asyncpg_connection, insert_rows, lock_key
+from shared.db import Gate, asyncpg_connection, insert_rows, lock_key, plain_insert
 from shared.events import new_traceparents
 from shared.observability import error_fields
 
@@ -142,7 +141,7 @@ async def _insert(conn: AsyncConnection, table: Table, rows: list[tuple[Any, ...
         return
     driver = await asyncpg_connection(conn)
     if driver is None:
-        await insert_rows(conn, insert(table), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
+        await insert_rows(conn, plain_insert(table), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
     else:
         await driver.copy_records_to_table(table.name, records=rows, columns=_COLUMNS)
 

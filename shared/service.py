@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import kafka
 from shared.audit import AuditTables, Exporter, add_export_route, install_audit
 from shared.auth import TokenVerifier
-from shared.db import WriteGate, create_engine, is_sqlite, ping
+from shared.db import WriteGate, create_engine, is_sqlite, ping, reader
 from shared.limits import RequestLimits, document_limits
 from shared.observability import configure_logging, error_fields, health_router, install
 from shared.outbox import OutboxRelay
@@ -49,6 +49,11 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # the service's own long-lived objects
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # ``engine`` for transactions that only read (``shared.db.reader``): the API's GETs.
+    reads: AsyncEngine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = reader(self.engine)
 
     def now(self) -> datetime:
         return self.clock()

@@ -243,7 +243,7 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(c.school_urn == school)
         if open is not None:
             q = q.where(c.open.is_(open))
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             allowed = await allowed_pupils(conn, rt, principal)
             if allowed is not None:
                 q = q.where(c.upn.in_(sorted(allowed)))
@@ -255,7 +255,7 @@ def add_routes(app: FastAPI) -> None:
     async def get_case(case_id: str, request: Request, principal: Reader, audit: Audit) -> dict[str, Any]:
         """The case with its state, history, deadlines, penalty notices, offences and records."""
         rt = rt_of(request)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             case = await visible_case(conn, principal, case_id, rt)
             return audited_case(audit, await views.case_body(conn, case, rt.today(), rt.policy))
 
@@ -438,7 +438,7 @@ def add_routes(app: FastAPI) -> None:
             error = {"index": None, "field": "to", "code": "date_order", "detail": "to is before from"}
             raise Problem(422, "validation", "Request is not valid", "`to` is before `from`", errors=[error])
         rt = rt_of(request)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             case = await visible_case(conn, principal, case_id, rt)
             audit.add(upns=[case.upn], resources=[case.id])
             pack = await evidence.pack(conn, case, rt.today(), rt.now(), rt.policy, start, end)
@@ -480,7 +480,7 @@ def add_routes(app: FastAPI) -> None:
             .where(h.kind == "transition", h.effective_on >= start, h.effective_on <= end)
         )
         rt = rt_of(request)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             if await allowed_pupils(conn, rt, principal) is not None:
                 raise directory.aggregate_refused()
             notice_rows = (await conn.execute(notices)).all()
@@ -520,7 +520,7 @@ def add_routes(app: FastAPI) -> None:
         if case is not None:
             q = q.where(dl.case_id == case)
         items = []
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             allowed = await allowed_pupils(conn, rt, principal)
             if allowed is not None:
                 q = q.where(c.upn.in_(sorted(allowed)))

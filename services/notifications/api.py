@@ -264,7 +264,7 @@ def add_routes(app: FastAPI) -> None:
         q = select(t.recipients).order_by(t.recipients.c.id)
         if role is not None:
             q = q.where(t.recipients.c.role == role.value)
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             rows = (await conn.execute(q)).all()
         return {"items": [recipient_body(r) for r in rows]}
 
@@ -273,7 +273,7 @@ def add_routes(app: FastAPI) -> None:
         """A recipient: ``admin``, or the recipient's own token."""
         if not is_admin(principal) and principal.sub != id:
             raise not_found("recipient")
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             row = (await conn.execute(select(t.recipients).where(t.recipients.c.id == id))).first()
         if row is None:
             raise not_found("recipient")
@@ -288,7 +288,7 @@ def add_routes(app: FastAPI) -> None:
         if not is_admin(principal) and principal.sub != id:
             raise not_found("recipient")
         a = t.pupil_allocations.c
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             row = (await conn.execute(select(t.recipients).where(t.recipients.c.id == id))).first()
             if row is None:
                 raise not_found("recipient")
@@ -356,7 +356,7 @@ def add_routes(app: FastAPI) -> None:
         upn: UpnPath, request: Request, principal: CareWriter, audit: Audit
     ) -> dict[str, Any]:
         """The pupil's allocation; a pupil the caller may not see reads exactly like one never allocated."""
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             q = select(t.pupil_allocations).where(t.pupil_allocations.c.upn == upn)
             row = (await conn.execute(q)).first() if await _care_reach(conn, principal, upn) else None
         return {"upn": upn, "social_worker": row.social_worker if row else None,
@@ -379,7 +379,7 @@ def add_routes(app: FastAPI) -> None:
 
     @router.get("/allocations/schools/{urn}", tags=["directory"])
     async def get_school_allocation(urn: UrnPath, request: Request, principal: Admin) -> dict[str, Any]:
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             await _school_reach(conn, principal, urn)
             q = select(t.school_allocations).where(t.school_allocations.c.urn == urn)
             row = (await conn.execute(q)).first()
@@ -443,7 +443,7 @@ def add_routes(app: FastAPI) -> None:
     async def list_subscriptions(request: Request, principal: Reader) -> dict[str, Any]:
         """The caller's subscriptions (made by it or for it; all with ``admin``), without secrets."""
         q = _own_subscriptions(select(t.subscriptions).order_by(t.subscriptions.c.created_at), principal)
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             rows = (await conn.execute(q)).all()
         return {"items": [subscription_body(r) for r in rows]}
 
@@ -487,7 +487,7 @@ def add_routes(app: FastAPI) -> None:
                               (a.school_urn, school), (a.occurred_on, occurred_on)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             viewer = await viewer_of(conn, principal)
             if recipient is not None and viewer.recipient not in (None, recipient):
                 raise forbidden("a recipient's token reads only its own alerts")
@@ -511,7 +511,7 @@ def add_routes(app: FastAPI) -> None:
         wire = worker.wiring(rt)
         settings = wire.settings
         a = t.alerts.c
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             viewer = await viewer_of(conn, principal)
             if recipient is not None and viewer.recipient not in (None, recipient):
                 raise forbidden("a recipient's token reads only its own alerts")
@@ -530,7 +530,7 @@ def add_routes(app: FastAPI) -> None:
             yield b"retry: 1000\n\n"
             while loop.time() < ends:
                 ticket = wire.feed.ticket()
-                async with rt.engine.connect() as conn:
+                async with rt.reads.connect() as conn:
                     rows = (await conn.execute(base.where(a.seq > last))).all()
                 if rows:  # audited before it is sent, like every other read
                     await record_now(request, t.audit, (r.upn for r in rows), (r.id for r in rows))
@@ -562,7 +562,7 @@ def add_routes(app: FastAPI) -> None:
 
     @router.get("/alerts/{id}", tags=["alerts"])
     async def get_alert(id: IdPath, request: Request, principal: Reader, audit: Audit) -> dict[str, Any]:
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             row = await _visible_alert(conn, principal, id)
         audit.add(upns=[row.upn], resources=[row.id])
         return alert_body(row)
@@ -601,7 +601,7 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(d.status == status)
         if alert is not None:
             q = q.where(d.alert_id == alert)
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             rows = (await conn.execute(q)).all()
         audit.add(resources=(r.alert_id for r in rows))  # the alerts (and pupils) they carry
         return {"items": [delivery_body(r) for r in rows], "next_cursor": rows[-1].seq if rows else cursor}

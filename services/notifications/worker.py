@@ -121,7 +121,7 @@ async def escalate(rt: Runtime) -> None:
         wait = rt.settings.scheduler_seconds
         try:
             outcome = await tick(rt)
-            async with rt.engine.connect() as conn:
+            async with rt.reads.connect() as conn:
                 due = await alerts.next_escalation(conn)
             if outcome.escalated:
                 continue

@@ -172,7 +172,7 @@ def add_routes(app: FastAPI) -> None:
         """
         check_period(start, end)
         rt = rt_of(request)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             allowed = await allowed_pupils(conn, rt, principal)
             if allowed is not None and upn not in allowed:
                 raise pupil_not_found()
@@ -201,7 +201,7 @@ def add_routes(app: FastAPI) -> None:
         """The school's sums, rates, pupils by band and PA/SA counts and rates."""
         check_period(start, end)
         rt = rt_of(request)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             school = await school_or_404(conn, principal, urn)
             await no_aggregates(conn, rt, principal)
             enrolments, period = await _enrolments(conn, rt, start, end, urn)
@@ -220,7 +220,7 @@ def add_routes(app: FastAPI) -> None:
             raise forbidden("LA-wide figures need an LA-wide token")
         check_period(start, end)
         rt = rt_of(request)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             await no_aggregates(conn, rt, principal)
             enrolments, period = await _enrolments(conn, rt, start, end, None)
             la_schools: list[str] | None = None
@@ -286,7 +286,7 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(visible)
         if since:
             q = q.where(s.raised_at >= since)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             allowed = await allowed_pupils(conn, rt, principal)
             if allowed is not None:
                 q = q.where(s.upn.in_(sorted(allowed)))
@@ -315,7 +315,7 @@ def add_routes(app: FastAPI) -> None:
         )
         if (visible := visible_school_filter(principal, e.school_urn)) is not None:
             q = q.where(visible)
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             allowed = await allowed_pupils(conn, rt, principal)
             if allowed is not None:
                 q = q.where(e.upn.in_(sorted(allowed)))

@@ -196,7 +196,7 @@ async def keep_fresh(rt: Any) -> None:
     while True:
         view = View(AcademicYear.of(rt.today()), None, rt.policy.la_code)
         try:
-            await cache.get(rt.engine, rt.policy, view, rt.today(), rt.now())
+            await cache.get(rt.reads, rt.policy, view, rt.today(), rt.now())
         except Exception as exc:  # noqa: BLE001 - the next round tries again
             log.error("figures_refresh_failed", **error_fields(exc))
         await asyncio.sleep(cache.max_age)

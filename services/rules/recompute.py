@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.rules import engine
 from services.rules import tables as t
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
-from shared.db import insert_rows, lock_pupils, upsert
+from shared.db import insert_rows, lock_pupils, plain_insert, upsert
 from shared.events import CloudEvent, Topic, new_event
 from shared.outbox import enqueue, outbox_records
 from shared.policy import Policy
@@ -464,7 +464,7 @@ async def recompute(
     for upn, key in writes.vanished:
         await conn.execute(delete(t.episodes).where(e.upn == upn, e.key == key))
     if writes.signals:
-        await insert_rows(conn, t.signals.insert(), writes.signals)
+        await insert_rows(conn, plain_insert(t.signals), writes.signals)
     await enqueue(conn, t.outbox, writes.outbox)
     return Outcome(pupils=pupils, signals=len(writes.signals))
 
@@ -577,6 +577,6 @@ async def first_day_now(
                 writes.episodes.append(_episode_row(ep, raw.upn))
     if writes.episodes:
         await upsert(conn, t.episodes, writes.episodes, ["upn", "key"])
-        await insert_rows(conn, t.signals.insert(), writes.signals)
+        await insert_rows(conn, plain_insert(t.signals), writes.signals)
         await enqueue(conn, t.outbox, outbox_records(Topic.SIGNALS, events))
     return Outcome(pupils=len(raws), signals=len(writes.signals))

@@ -147,7 +147,7 @@ async def consume_first_day(rt: Runtime) -> None:
 
     async def candidates(events: list[CloudEvent]) -> list[CloudEvent]:
         marks = [e for e in events if e.type in (EventType.MARK_RECORDED, EventType.MARK_AMENDED)]
-        async with rt.engine.connect() as conn:  # a read: no write lock taken for the rest
+        async with rt.reads.connect() as conn:  # a read: no write lock taken for the rest
             return await recompute.first_day_candidates(conn, marks, rt.today())
 
     async def on_events(conn: AsyncConnection, events: list[CloudEvent]) -> None:

@@ -204,7 +204,7 @@ def view_of(viewer: Viewer, year: AcademicYear) -> figures.View:
 
 async def figures_for(request: Request, viewer: Viewer, year: AcademicYear) -> figures.Figures:
     rt = rt_of(request)
-    return await figures.cache_of(rt).get(rt.engine, rt.policy, view_of(viewer, year), rt.today(), rt.now())
+    return await figures.cache_of(rt).get(rt.reads, rt.policy, view_of(viewer, year), rt.today(), rt.now())
 
 
 def la_only(viewer: Viewer) -> None:
@@ -369,7 +369,7 @@ def add_routes(app: FastAPI) -> None:
             q = q.where(s.la_code == viewer.principal.la)
         if band:
             q = q.where(a.band == band)
-        async with rt_of(request).engine.connect() as conn:
+        async with rt_of(request).reads.connect() as conn:
             rows = (await conn.execute(q)).all()
         audit.add(upns=(r.upn for r in rows))
         return render(request, "pupils.html", {"viewer": viewer, "rows": rows, "band": band})
@@ -383,7 +383,7 @@ def add_routes(app: FastAPI) -> None:
         if viewer.role is Role.SOCIAL_WORKER and upn not in (viewer.pupils or ()):
             raise not_found
         year = AcademicYear.of(rt.today())
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             assessments = await api.assess_pupil(conn, rt, upn, viewer.principal)
             if not assessments:
                 raise not_found
@@ -552,7 +552,7 @@ def add_routes(app: FastAPI) -> None:
                 raise Problem(
                     422, "validation", "Period is not valid", f"the {name} period ends before it starts"
                 )
-        async with rt.engine.connect() as conn:
+        async with rt.reads.connect() as conn:
             q = select(t.schools.c.urn, t.schools.c.name, t.schools.c.phase, t.schools.c.la_code).order_by(
                 t.schools.c.name
             )
@@ -567,7 +567,7 @@ def add_routes(app: FastAPI) -> None:
         if chosen:
             # The two periods are independent reads: each on its own connection, at the same time.
             async def period(start: dt.date, end: dt.date) -> dict[str, Any]:
-                async with rt.engine.connect() as own:
+                async with rt.reads.connect() as own:
                     return await _compare_period(own, chosen, known, start, end)
 
             done = await asyncio.gather(*(period(*p) for p in periods.values()))

@@ -86,7 +86,7 @@ async def viewer_of(request: Request) -> Viewer:
     if principal.schools is not None:
         return Viewer(principal, token, Role.SCHOOL, None)
     rt: Runtime = request.app.state.runtime
-    async with rt.engine.connect() as conn:
+    async with rt.reads.connect() as conn:
         # The local copy of notifications' directory; a 503 until it has been read (fail closed).
         pupils = await directory_of(rt.state, t.directory).allowed_pupils(conn, principal)
     if pupils is not None:
