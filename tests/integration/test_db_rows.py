@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import JSON, Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import create_engine, insert_rows, upsert
+from shared.db import create_engine, insert_rows, plain_insert, upsert
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,15 @@ async def check(url: str) -> None:
         assert [after[f"t{i}"][5] for i in range(12)] == [100 + i for i in range(10)] + [10, 11]
         assert {after[f"t{i}"][1] for i in range(10)} == {dt.date(2025, 1, 6)}
         assert len(after) == 40
+        # the same shape again: the statement (and its compiled form) is reused, with new values
+        async with engine.begin() as conn:
+            await upsert(conn, things, changed[:3], ["id"], add=("n",))
+            await insert_rows(conn, plain_insert(things), [{**ROWS[0], "id": "u0"}, {**ROWS[1], "id": "u1"}])
+            await insert_rows(conn, plain_insert(things), [{**ROWS[2], "id": "u2"}])
+        again = {r[0]: r for r in await stored(engine)}
+        assert [again[f"t{i}"][5] for i in range(4)] == [200, 201, 202, 103]
+        first = {r[0]: r for r in expected}
+        assert [again[f"u{i}"][1:] for i in range(3)] == [first[f"t{i}"][1:] for i in range(3)]
     finally:
         await engine.dispose()
 
