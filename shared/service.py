@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -78,6 +79,17 @@ class Runtime:
         if directory is not None:
             checks["directory"] = "ok" if directory.loaded.is_set() else "loading"
         return checks
+
+
+def _freeze_startup_objects() -> None:
+    """Move what exists at startup (modules, the app and its routes, pydantic and SQLAlchemy
+    structures: it lives as long as the process) out of the cyclic collector's reach, once per
+    process, so a full collection pauses the event loop ~15 ms instead of ~80-100 ms (issue 8: at
+    100 attendance reads/s those pauses alone took p99 from 16 ms to 58 ms). Once: a test process
+    starts many apps, and only the first's objects are frozen."""
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 def fixed_day_clock(day: date, zone: ZoneInfo) -> Callable[[], datetime]:
@@ -186,6 +198,7 @@ def service_app(
         app.state.runtime = runtime
         app.state.verifier = TokenVerifier(settings)
         log.info("service_started", service=name, env=settings.env, policy_version=policy.version)
+        _freeze_startup_objects()
         try:
             yield
         finally:
