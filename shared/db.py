@@ -1,8 +1,9 @@
 """Async SQLAlchemy engines for SQLite (the embedded local default) and PostgreSQL (production).
 
-SQLite runs in WAL mode and every transaction begins IMMEDIATE, so a read-then-write transaction
-(the marks upsert) holds the write lock from its first statement and two writers never interleave.
-PostgreSQL serialises writers per school with a transaction-scoped advisory lock (``lock_school``).
+SQLite runs in WAL mode and every write transaction begins IMMEDIATE, so a read-then-write
+transaction (the marks upsert) holds the write lock from its first statement and two writers never
+interleave; a ``reader``'s transactions begin DEFERRED (a snapshot, no lock). PostgreSQL serialises
+writers per school with a transaction-scoped advisory lock (``lock_school``).
 """
 
 from __future__ import annotations
