@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             report("PostgreSQL", asyncio.run(measure(url, args.scale, args.rounds, args.per_round)))
         finally:
-            asyncio.run(drop_postgres(base, url.rsplit("/", 1)[1]))
+            asyncio.run(drop_postgres(base, url))
     else:
         print("PostgreSQL: skipped (ROLLCALL_BENCH_POSTGRES_URL not set; `make bench` sets it)")
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
         if base:
-            asyncio.run(drop_postgres(base, url.rsplit("/", 1)[1]))
+            asyncio.run(drop_postgres(base, url))
 
 
 def report(r: dict[str, float], args: argparse.Namespace, database: str) -> None:

@@ -172,10 +172,12 @@ async def fresh_postgres(base: str) -> str:
     return base.rsplit("/", 1)[0] + f"/{name}"
 
 
-async def drop_postgres(base: str, name: str) -> None:
-    """Drop a benchmark's database. ``FORCE`` ends its remaining sessions, but not an autovacuum
-    worker's (a superuser's) after a large load: then wait for it and try again, and at worst leave
-    the database behind with a warning rather than lose the figures still to be printed."""
+async def drop_postgres(base: str, url: str) -> None:
+    """Drop a benchmark's database (``url``, as ``fresh_postgres`` made it). ``FORCE`` ends its
+    remaining sessions, but not an autovacuum worker's (a superuser's) after a large load: then wait
+    for it and try again, and at worst leave the database behind with a warning rather than lose
+    the figures still to be printed."""
+    name = url.rsplit("/", 1)[1]
     conn = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         for attempt in range(10):
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append((backend, asyncio.run(run_backend(url, broker.bootstrap, args))))
             finally:
                 if base:
-                    asyncio.run(drop_postgres(base, url.rsplit("/", 1)[1]))
+                    asyncio.run(drop_postgres(base, url))
     finally:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)

@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
         for url in databases.values():
-            asyncio.run(drop_postgres(base or "", url.rsplit("/", 1)[1]))
+            asyncio.run(drop_postgres(base or "", url))
     where = f"{'PostgreSQL' if args.postgres else 'SQLite'}, rules in {args.rules_processes} process(es)"
     print(f"\nnotifications — {os.cpu_count()} cores, {where}")
     if args.background_rate:

@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
                     bench_attendance(pg_url, broker.bootstrap, work, args.get_rate, args.get_duration)
                 )
             finally:
-                asyncio.run(drop_postgres(base, pg_url.rsplit("/", 1)[1]))
+                asyncio.run(drop_postgres(base, pg_url))
             report_attendance(get, args.get_rate, "PostgreSQL")
         elif "get" in only:
             get = asyncio.run(
