@@ -1,7 +1,8 @@
 """``AuditWriter`` group-commits the audit rows of requests answered together (SQLite and
 PostgreSQL): each waiting request's row and subjects are stored exactly as its own transaction
-would store them, in fewer transactions, and a commit that fails fails every request in it with
-nothing of theirs written."""
+would store them (and as ``write_entry``, through SQLAlchemy, stores them), in fewer transactions
+(a transaction is one connection taken from the pool), and a commit that fails fails every
+request in it with nothing of theirs written."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
-from sqlalchemy.engine import Connection
 
 from services.legal import tables as t
-from shared.audit import AuditEntry, AuditWriter, audit_row
+from shared.audit import AuditEntry, AuditWriter, audit_row, write_entry
 from shared.auth import Principal
 from shared.db import create_engine
 from shared.migrate import upgrade
@@ -36,10 +36,10 @@ def row(i: int) -> dict[str, Any]:
 async def check(url: str) -> None:
     await asyncio.to_thread(upgrade, "legal", url)
     engine = create_engine(url)
-    commits = 0
+    commits = 0  # the writer's transactions: each takes one connection from the pool
 
-    @event.listens_for(engine.sync_engine, "commit")
-    def _count(_conn: Connection) -> None:
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _count(*_: Any) -> None:
         nonlocal commits
         commits += 1
 
@@ -68,10 +68,32 @@ async def check(url: str) -> None:
             assert (got.sub, got.purpose, got.resources) == (f"reader-{i}", f"purpose {i}", [f"case-{i}"])
             assert sorted(u for a, u in pairs if a == got.id) == [upn(i, j) for j in range(i % 4)]
 
-        one = row(99)  # alone: its own transaction, as before
+        one = row(99)  # alone: its own transaction, as before (a school's token, no LA)
         commits = 0
-        await writer.write(one["row"], one["upns"])
+        await writer.write(one["row"] | {"schools": ["123456"], "la": None}, one["upns"])
         assert commits == 1
+
+        # The same row through SQLAlchemy (write_entry) reads back identical, subjects included.
+        who = Principal(
+            sub="reader-99", scopes=frozenset({"legal:read"}), schools=frozenset({"123456"}), la=None
+        )
+        entry = AuditEntry("purpose 99")
+        entry.add(upns=one["upns"], resources=["case-99"])
+        async with engine.begin() as conn:
+            await write_entry(
+                conn, t.audit, entry, principal=who, service="legal", method="GET", route="/v1/r/99",
+                status=200, at=one["row"]["at"],
+            )  # fmt: skip
+        async with engine.connect() as conn:
+            both = (await conn.execute(select(t.audit.log).where(log.route == "/v1/r/99"))).all()
+            upns = [
+                sorted((await conn.execute(select(subjects.upn).where(subjects.audit_id == r.id))).scalars())
+                for r in both
+            ]
+        assert len(both) == 2
+        assert both[0]._asdict() | {"id": 0} == both[1]._asdict() | {"id": 0}
+        assert len(one["upns"]) == 3
+        assert upns[0] == upns[1] == sorted(one["upns"])
     finally:
         await engine.dispose()
 
