@@ -9,6 +9,9 @@ p50/p90/p99/p99.9/max, the achieved request and mark rates, and errors.
 ``--mode attendance`` reads instead: ``GET /v1/pupils/{upn}/attendance`` at ``--rate`` requests/s
 against the rules service, UPNs taken in turn from ``--upns-file`` (one a line), with an LA-wide
 ``attendance:read`` token minted from the development secret (nothing is registered first).
+``--warmup`` seconds of the same reads at the same rate go first, unrecorded: a freshly started
+service fills its caches (a school's calendars, its LA code) and SQLite's page cache on its
+first reads, and the figure asked for is the latency of a service under sustained load.
 
 ``--mode single`` posts one mark per request (a small MIS); ``--mode batch`` posts
 ``--batch-size`` marks per request. ``--rate 0`` is closed loop instead: each school posts its
@@ -208,16 +211,20 @@ async def attendance_loop(url: str, args: argparse.Namespace) -> Report:
     heads = [f"GET /v1/pupils/{u}/attendance HTTP/1.1\r\nHost: {host}\r\n{auth}".encode() for u in upns]
     pool = Connections(url, args.connections)
     report = Report("attendance", args.rate)
+    warmup = Report("warm-up", args.rate)  # the same schedule, not recorded
+    warm = int(args.rate * args.warmup)
     tasks: set[asyncio.Task[None]] = set()
-    report.started_at = time.time()
-    start = time.perf_counter()
+    clock = time.perf_counter()
+    start = clock + args.warmup
     try:
-        for i in range(int(args.rate * args.duration)):
-            due = start + i / args.rate
+        for i in range(warm + int(args.rate * args.duration)):
+            due = clock + i / args.rate
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_get(pool, report, heads[i % len(heads)], due))
+            if i == warm:
+                report.started_at = time.time()
+            task = asyncio.create_task(_get(pool, warmup if i < warm else report, heads[i % len(heads)], due))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -225,6 +232,8 @@ async def attendance_loop(url: str, args: argparse.Namespace) -> Report:
     finally:
         pool.close()
     report.seconds = time.perf_counter() - start
+    report.errors += warmup.errors  # an error is an error, warm or not
+    report.first_error = report.first_error or warmup.first_error
     return report
 
 
@@ -337,6 +346,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--upns-file", help="--mode attendance: the UPNs to read, one a line")
     p.add_argument("--rate", type=float, default=1000, help="requests per second; 0 = closed loop")
     p.add_argument("--duration", type=float, default=30, help="seconds")
+    p.add_argument("--warmup", type=float, default=0, help="--mode attendance: unrecorded seconds first")
     p.add_argument("--batch-size", type=int, default=10_000)
     p.add_argument("--schools", type=int, default=4)
     p.add_argument("--pupils", type=int, default=1000, help="pupils per school")
