@@ -6,8 +6,9 @@ documented ``maxLength`` with spaces was silently accepted (schemathesis found i
 and a value of only spaces is still refused where one is required. Dates and times in query
 strings: ISO 8601 only (``IsoDate``, ``IsoDateTime``).
 
-Every request body model derives from ``Body``: unknown fields are refused, and no text field
-may hold a control character (U+0000–U+001F except tab, line feed and carriage return, and
+Every request body model derives from ``Body`` (ingest's ``MarkIn``, a ``TypedDict`` for speed,
+declares the same per field): unknown fields are refused, and no text field may hold a control
+character (U+0000–U+001F except tab, line feed and carriage return, and
 U+007F). PostgreSQL cannot store U+0000 at all: a name with one was stored on SQLite, published
 on Kafka, and then stopped every PostgreSQL consumer of the registry (the CI run of 23 Nov).
 """
@@ -23,13 +24,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _no_control_characters(value: Any) -> Any:
+def printable(value: Any) -> Any:
+    """The value, or a ``ValueError`` if any text in it holds a control character."""
     if isinstance(value, str):
         if _CONTROL.search(value):
             raise ValueError("must not contain control characters")
     elif isinstance(value, list | tuple):
         for item in value:
-            _no_control_characters(item)
+            printable(item)
     return value
 
 
@@ -42,7 +44,7 @@ class Body(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _printable(cls, value: Any) -> Any:
-        return _no_control_characters(value)
+        return printable(value)
 
 
 def strip(value: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from pydantic import TypeAdapter
 
 from services.ingest import privacy, tables
 from services.ingest.api import add_routes
@@ -44,7 +45,7 @@ def _document_raw_bodies(app: FastAPI) -> None:
         schema = shared_openapi()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in (SchoolIn, CalendarIn, RosterIn, CareIn, MarkIn):
-            defs = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            defs = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
             components.update(defs.pop("$defs", {}))
             components[model.__name__] = defs
         app.openapi_schema = schema

@@ -166,6 +166,7 @@ def _reject(out: Outcome, index: int, raw: Any, detail: str) -> None:
     )
 
 
+_MARK: TypeAdapter[MarkIn] = TypeAdapter(MarkIn)
 _MARK_LIST: TypeAdapter[list[MarkIn]] = TypeAdapter(list[MarkIn])
 _NOT_A_ROW = "the CSV row does not have one value per header column"
 _NOT_AN_OBJECT = "a mark must be an object with upn, date, session and code"
@@ -181,7 +182,7 @@ def _shape(raw: Any) -> MarkIn | str:
     if not isinstance(raw, dict):
         return _NOT_A_ROW if isinstance(raw, tuple) else _NOT_AN_OBJECT
     try:
-        return MarkIn.model_validate(raw)
+        return _MARK.validate_python(raw)
     except ValidationError as exc:
         return _why(exc.errors()[0], 0)
 
@@ -402,11 +403,15 @@ async def _write(
 
 _RECORDED = EventType.MARK_RECORDED.value
 _AMENDED = EventType.MARK_AMENDED.value
-_EVENT = (
-    b'{"specversion":"1.0","id":"%b","source":%b,"type":%b,"time":%b,"subject":%b,'
-    b'"datacontenttype":"application/json","data":{"school_urn":%b,"upn":%b,"date":"%b",'
-    b'"session":%b,"code":%b,"category":%b,"minutes_late":%b,"recorded_at":%b%b}}'
+# A mark's CloudEvent in three parts: the event id between the head and the rest; the envelope up
+# to the pupil (the same for a pupil's marks of one kind); the mark itself (the same for every
+# pupil with that code that session).
+_HEAD = b'{"specversion":"1.0","id":"'
+_ENVELOPE = (
+    b'","source":%b,"type":%b,"time":%b,"subject":%b,'
+    b'"datacontenttype":"application/json","data":{"school_urn":%b,"upn":%b,'
 )
+_DATA = b'"date":"%b","session":%b,"code":%b,"category":%b,"minutes_late":%b,"recorded_at":%b%b}}'
 
 
 class _Encoded:
@@ -414,12 +419,15 @@ class _Encoded:
 
     The same bytes as ``orjson.dumps`` of the envelope dict (``shared.events.new_event``) with
     ``MarkData`` as its ``data`` (a unit test compares them), without building two dicts per
-    mark. Every string is JSON-encoded by orjson, once per distinct value in the batch.
+    mark. Every string is JSON-encoded by orjson; the envelope part is made once per pupil and kind
+    and the data part once per distinct mark in the batch, so a mark costs two look-ups and a join.
     """
 
     def __init__(self, time: str) -> None:
         self._json: dict[Any, bytes] = {}
         self._fixed = (orjson.dumps(SOURCE), orjson.dumps(time))
+        self._envelopes: dict[tuple[str, str, str], bytes] = {}
+        self._data: dict[tuple[Any, ...], bytes] = {}
 
     def _j(self, value: Any) -> bytes:
         found = self._json.get(value)
@@ -430,22 +438,41 @@ class _Encoded:
     def event(
         self, event_id: str, kind: str, urn: str, upn: str, mark: MarkIn, category: str, previous: str | None
     ) -> bytes:
-        source, time = self._fixed
+        envelope = self._envelopes.get((kind, urn, upn))
+        if envelope is None:
+            source, time = self._fixed
+            upn_json = self._j(upn)
+            envelope = _ENVELOPE % (source, self._j(kind), time, upn_json, self._j(urn), upn_json)
+            self._envelopes[(kind, urn, upn)] = envelope
+        key = (
+            mark["date"],
+            mark["session"],
+            mark["code"],
+            category,
+            mark.get("minutes_late"),
+            mark.get("recorded_at"),
+            previous,
+        )
+        data = self._data.get(key)
+        if data is None:
+            data = self._data[key] = self._encode_data(*key)
+        return b"".join((_HEAD, event_id.encode(), envelope, data))
+
+    def _encode_data(
+        self,
+        day: dt.date,
+        session: str,
+        code: str,
+        category: str,
+        late: int | None,
+        recorded_at: dt.datetime | None,
+        previous: str | None,
+    ) -> bytes:
         j = self._j
-        upn_json = j(upn)
-        late = mark.minutes_late
-        recorded_at = mark.recorded_at
-        return _EVENT % (
-            event_id.encode(),
-            source,
-            j(kind),
-            time,
-            upn_json,
-            j(urn),
-            upn_json,
-            mark.date.isoformat().encode(),
-            j(mark.session),
-            j(mark.code),
+        return _DATA % (
+            day.isoformat().encode(),
+            j(session),
+            j(code),
             j(category),
             b"null" if late is None else b"%d" % late,
             b"null" if recorded_at is None else orjson.dumps(recorded_at.isoformat()),
@@ -492,28 +519,28 @@ async def record_batches(
         if isinstance(shaped, str):
             reject(index, raw_marks[index], shaped)
             continue
-        upn_or_error = upn_memo.get(shaped.upn)
+        upn_or_error = upn_memo.get(shaped["upn"])
         if upn_or_error is None:
             try:
-                upn_or_error = validate_upn(shaped.upn)
+                upn_or_error = validate_upn(shaped["upn"])
             except InvalidUPN as exc:
                 upn_or_error = exc
-            upn_memo[shaped.upn] = upn_or_error
+            upn_memo[shaped["upn"]] = upn_or_error
         if isinstance(upn_or_error, InvalidUPN):
             reject(index, raw_marks[index], f"upn: {upn_or_error.detail}")
             continue
-        code_key = (shaped.code, shaped.date)
+        code_key = (shaped["code"], shaped["date"])
         category = code_memo.get(code_key)
         if category is None:
             try:
-                category = lookup(shaped.code, shaped.date).category.value
+                category = lookup(*code_key).category.value
             except CodeError as exc:
                 category = exc
             code_memo[code_key] = category
         if isinstance(category, CodeError):
             reject(index, raw_marks[index], f"code: {category.detail}")
             continue
-        if shaped.date > today:
+        if shaped["date"] > today:
             reject(index, raw_marks[index], "date: a mark cannot be recorded for a date after today")
             continue
         candidates.append((index, shaped, upn_or_error, category))
@@ -534,22 +561,23 @@ async def record_batches(
     for index, mark, upn, category in candidates:
         raw = raw_marks[index]
         urn = batches[owner[index]][0]
-        if not calendars[urn].is_school_session(mark.date, mark.session):
-            reject(index, raw, f"date: {mark.date} {mark.session} is not a school session of this school")
+        day = mark["date"]
+        if not calendars[urn].is_school_session(day, mark["session"]):
+            reject(index, raw, f"date: {day} {mark['session']} is not a school session of this school")
             continue
         enrolment = enrolled.get((urn, upn))
-        if enrolment is None or not enrolment.on_roll(mark.date):
+        if enrolment is None or not enrolment.on_roll(day):
             reject(index, raw, "upn: the pupil is not on this school's roll on that date")
             continue
-        if mark.code == "X" and is_compulsory_school_age(enrolment.date_of_birth, mark.date):
+        if mark["code"] == "X" and is_compulsory_school_age(enrolment.date_of_birth, day):
             reject(index, raw, "code: X is only for pupils outside compulsory school age")
             continue
         valid.append((index, urn, mark, upn, category))
 
     if not valid:
         return [out.result() for out in outs]
-    first = min(v[2].date for v in valid)
-    last = max(v[2].date for v in valid)
+    first = min(v[2]["date"] for v in valid)
+    last = max(v[2]["date"] for v in valid)
     existing = await _load_existing(conn, {(v[1], v[3]) for v in valid}, first, last)
 
     inserts: dict[MarkKey, MarkRow] = {}
@@ -561,11 +589,11 @@ async def record_batches(
     for index, urn, mark, upn, category in valid:
         out = outs[owner[index]]
         day, session, code, late, recorded_at = (
-            mark.date,
-            mark.session,
-            mark.code,
-            mark.minutes_late,
-            mark.recorded_at,
+            mark["date"],
+            mark["session"],
+            mark["code"],
+            mark.get("minutes_late"),
+            mark.get("recorded_at"),
         )
         key = (urn, upn, day, session)
         before = existing.get(key)

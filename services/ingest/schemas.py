@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from shared.fields import Body, IsoDate, IsoDateTime, strip, strip_not_blank
+from shared.fields import Body, IsoDate, IsoDateTime, printable, strip, strip_not_blank
 
 # Lengths apply to the value as sent (as documented), then it is stripped (shared/fields.py).
 Urn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,7}$")]
@@ -89,15 +90,20 @@ class CareIn(Body):
     part_time_timetable: PartTimeTimetable | None = None
 
 
-class MarkIn(Body):
+# A TypedDict, not a ``Body`` model, for speed (issue 8): pydantic validates a batch of 10,000
+# marks into dicts in ~18 ms, into model instances in ~55 ms (a sixth of ingest's CPU per mark).
+# Body's rules are kept field by field: unknown fields are refused, and the two text fields refuse
+# control characters (the others are a date, a literal, a number and a time).
+@with_config(ConfigDict(extra="forbid"))
+class MarkIn(TypedDict):
     """One mark of a batch; validated on its own so one bad row never sinks the batch."""
 
-    upn: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    upn: Annotated[str, StringConstraints(min_length=1, max_length=20), AfterValidator(printable)]
     date: IsoDate
     session: Literal["AM", "PM"]
-    code: Annotated[str, StringConstraints(min_length=1, max_length=3)]
-    minutes_late: Annotated[int, Field(ge=0, le=300)] | None = None
-    recorded_at: IsoDateTime | None = None
+    code: Annotated[str, StringConstraints(min_length=1, max_length=3), AfterValidator(printable)]
+    minutes_late: NotRequired[Annotated[int, Field(ge=0, le=300)] | None]
+    recorded_at: NotRequired[IsoDateTime | None]
 
 
 class Rejection(BaseModel):
