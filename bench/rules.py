@@ -60,6 +60,7 @@ from shared.db import create_engine
 from shared.events import Topic
 from shared.migrate import upgrade
 from shared.policy import load_policy
+from shared.service import tune_collector
 from shared.settings import DEV_JWT_SECRET
 
 YEAR = AcademicYear(2024)
@@ -237,6 +238,7 @@ async def bench_recompute(
     else:
         upns, n_marks = await fill_rules_db(url, seed, scale)
     fill_s = time.perf_counter() - t0
+    tune_collector()  # the collector as the rules service runs it
     policy = load_policy()
     today, now = dt.date(2025, 7, 22), dt.datetime(2025, 7, 22, 16, tzinfo=dt.UTC)
     db = create_engine(url)
