@@ -28,7 +28,14 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+class EncodedJSON(bytes):
+    """A JSON value already encoded (``orjson.dumps``): a JSON column stores it as it is, so a
+    value also sent elsewhere (a signal's data, in its event too) is encoded once."""
+
+
 def _json(value: Any) -> str:
+    if isinstance(value, EncodedJSON):
+        return value.decode()
     return orjson.dumps(value).decode()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import kafka
 from shared.audit import AuditTables, Exporter, add_export_route, install_audit
 from shared.auth import TokenVerifier
+from shared.collector import tune_collector
 from shared.db import WriteGate, create_engine, is_sqlite, ping, reader
 from shared.limits import RequestLimits, document_limits
 from shared.observability import configure_logging, error_fields, health_router, install
@@ -79,29 +79,6 @@ class Runtime:
         if directory is not None:
             checks["directory"] = "ok" if directory.loaded.is_set() else "loading"
         return checks
-
-
-GC_THRESHOLDS = (50_000, 20, 20)
-"""The cyclic collector's thresholds in each service (Python's defaults: 700, 10, 10). A young
-collection every 700 new container objects suits a program whose objects die young; a service
-holds a whole batch (10,000 marks: their dicts, tuples and rows) until it commits, so most young
-collections found nothing to free and moved it all up a generation, to be walked again there.
-With 50,000, ingest spent 1.73-1.80 s of CPU per 100,000 marks against 1.93-2.00 s (issue 8,
-``python -m bench ingest``, runs alternated). Memory is reference-counted as before: only cycles
-wait longer."""
-
-
-def tune_collector() -> None:
-    """Move what exists at startup (modules, the app and its routes, pydantic and SQLAlchemy
-    structures: it lives as long as the process) out of the cyclic collector's reach, once per
-    process, so a full collection pauses the event loop ~15 ms instead of ~80-100 ms (issue 8: at
-    100 attendance reads/s those pauses alone took p99 from 16 ms to 58 ms). Once: a test process
-    starts many apps, and only the first's objects are frozen. Then the collector runs less often
-    (``GC_THRESHOLDS``)."""
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
 
 
 def fixed_day_clock(day: date, zone: ZoneInfo) -> Callable[[], datetime]:

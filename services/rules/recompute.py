@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import groupby
@@ -28,8 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.rules import engine
 from services.rules import tables as t
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
-from shared.db import insert_rows, lock_pupils, plain_insert, upsert
-from shared.events import CloudEvent, Topic, new_event
+from shared.collector import tune_collector
+from shared.db import EncodedJSON, insert_rows, lock_pupils, plain_insert, upsert
+from shared.events import CloudEvent, Topic, new_event, new_event_ids
 from shared.outbox import enqueue, outbox_records
 from shared.policy import Policy
 
@@ -238,8 +240,13 @@ def _signal(
     now: dt.datetime,
     today: dt.date,
     withdrawn: bool = False,
+    event_id: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The signal's row for GET /v1/signals and its CloudEvent (``key``: the episode's)."""
+    """The signal's row for GET /v1/signals and its CloudEvent (``key``: the episode's; a fresh
+    event id unless one of a batch made together, ``new_event_ids``, is given).
+
+    The data is encoded once, for the row (``EncodedJSON``) and inside the event (an orjson
+    ``Fragment``): with its evidence it is most of both, ~600 bytes a signal."""
     occurred = ep.ended_on if name.endswith("_ended") and ep.ended_on else ep.started_on
     data = {
         "signal": name,
@@ -255,7 +262,11 @@ def _signal(
         # (date, session, code) triples; orjson writes the dates as ISO strings.
         "evidence": ep.evidence,
     }
-    event = new_event(f"signal.{name}", SOURCE, data, subject=upn)
+    encoded = orjson.dumps(data)
+    event = new_event(f"signal.{name}", SOURCE, {}, subject=upn)
+    event["data"] = orjson.Fragment(encoded)
+    if event_id is not None:
+        event["id"] = event_id
     row = {
         "id": event["id"],
         "type": name,
@@ -264,7 +275,7 @@ def _signal(
         "episode_key": key,
         "occurred_on": occurred,
         "raised_at": now,
-        "data": data,
+        "data": EncodedJSON(encoded),
     }
     return row, event
 
@@ -297,13 +308,6 @@ class Writes:
     signals: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
 
-    def extend(self, other: Writes) -> None:
-        self.assessments += other.assessments
-        self.episodes += other.episodes
-        self.vanished += other.vanished
-        self.signals += other.signals
-        self.outbox += other.outbox
-
 
 Stored = dict[str, dict[str, dict[str, Any]]]  # upn -> episode key -> the stored episode row
 
@@ -321,14 +325,12 @@ def assess_and_diff(
     Pure apart from fresh event ids: it runs in a worker process for large groups (``recompute``'s
     ``pool``), so its arguments and result are plain picklable data."""
     out = Writes()
-    events: list[tuple[str, dict[str, Any]]] = []
+    raised: list[tuple[str, str, engine.Episode, str, bool]] = []  # made into signals at the end
 
     def emit(
         name: str, ep: engine.Episode, upn: str, withdrawn: bool = False, key: str | None = None
     ) -> None:
-        row, event = _signal(name, key or ep.key, ep, upn, now, today, withdrawn)
-        out.signals.append(row)
-        events.append((upn, event))
+        raised.append((name, key or ep.key, ep, upn, withdrawn))
 
     no_episodes: dict[str, dict[str, Any]] = {}
     for raw in raws:
@@ -368,6 +370,11 @@ def assess_and_diff(
             if old["ended_on"] is None and old["type"] not in ONCE_ONLY:
                 emit(end_signal(old["type"]), ep, upn, withdrawn=True, key=key)
             out.vanished.append((upn, key))
+    events: list[tuple[str, dict[str, Any]]] = []
+    for (name, key, ep, upn, withdrawn), event_id in zip(raised, new_event_ids(len(raised)), strict=True):
+        row, event = _signal(name, key, ep, upn, now, today, withdrawn, event_id)
+        out.signals.append(row)
+        events.append((upn, event))
     out.outbox = outbox_records(Topic.SIGNALS, events)
     return out
 
@@ -395,6 +402,20 @@ def _assess_in_worker(
     """``assess_and_diff`` in a worker process, calendars sent as their rows (see CalendarCache)."""
     calendars = {urn: calendars_from_spec(spec) for urn, spec in specs.items()}
     return assess_and_diff(raws, calendars, stored, policy, today, now)
+
+
+def assessor_processes(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes for ``recompute``. ``forkserver`` processes, because forking
+    a process that runs threads (aiosqlite's, the Kafka client's) is unsafe; each runs the cyclic
+    collector as the services do (``tune_collector``)."""
+    context = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_assessor)
+
+
+def _start_assessor() -> None:
+    """A pool process's start: unpickling this function imported this module and the engine (so the
+    first task does not), then the collector is set as the services set it."""
+    tune_collector()
 
 
 _PART = 250  # pupils per task sent to the pool
@@ -426,10 +447,10 @@ async def recompute(
     transaction: the result is the same, on every core."""
     wanted = sorted(set(upns))
     await lock_pupils(conn, wanted)
-    workers = getattr(pool, "_max_workers", 1) if pool is not None else 1
-    writes = Writes()
-    if pool is None or len(wanted) < PARALLEL_MIN_PUPILS or workers < 2:
+    if pool is None or len(wanted) < PARALLEL_MIN_PUPILS:
         raws, calendars = await load_raw(conn, wanted, cache)
+        if not raws:
+            return Outcome()
         stored = await load_stored(conn, [r.upn for r in raws])
         if len(raws) >= THREAD_MIN_PUPILS:
             # In a thread, so the service's event loop (its HTTP requests, the first-day fast path)
@@ -437,27 +458,34 @@ async def recompute(
             writes = await asyncio.to_thread(assess_and_diff, raws, calendars, stored, policy, today, now)
         else:
             writes = assess_and_diff(raws, calendars, stored, policy, today, now)
-        pupils = len(raws)
-    else:
-        # Read part k + 1 while the workers assess part k (all in this transaction).
-        loop = asyncio.get_running_loop()
-        futures = []
-        pupils = 0
-        for start in range(0, len(wanted), _PART):
-            raws, _ = await load_raw(conn, wanted[start : start + _PART], cache)
-            if not raws:
-                continue
-            stored = await load_stored(conn, [r.upn for r in raws])
-            specs = {urn: cache.specs[urn] for urn in {e[0] for r in raws for e in r.enrolments}}
-            futures.append(
-                loop.run_in_executor(pool, _assess_in_worker, raws, specs, stored, policy, today, now)
-            )
-            pupils += len(raws)
-        for result in await asyncio.gather(*futures):
-            writes.extend(result)
-    if not pupils:
-        return Outcome()
+        await _store(conn, writes)
+        return Outcome(pupils=len(raws), signals=len(writes.signals))
+    # Read every part while the workers assess the first ones, then store each part's rows as it
+    # comes back while the workers assess the next (all in this transaction, parts in order).
+    loop = asyncio.get_running_loop()
+    futures = []
+    outcome = Outcome()
+    for start in range(0, len(wanted), _PART):
+        raws, _ = await load_raw(conn, wanted[start : start + _PART], cache)
+        if not raws:
+            continue
+        stored = await load_stored(conn, [r.upn for r in raws])
+        specs = {urn: cache.specs[urn] for urn in {e[0] for r in raws for e in r.enrolments}}
+        futures.append(loop.run_in_executor(pool, _assess_in_worker, raws, specs, stored, policy, today, now))
+        outcome.pupils += len(raws)
+    try:
+        for future in futures:
+            writes = await future
+            await _store(conn, writes)
+            outcome.signals += len(writes.signals)
+    finally:
+        for future in futures:
+            future.cancel()  # a failed part: the transaction rolls back, the rest is not wanted
+    return outcome
 
+
+async def _store(conn: AsyncConnection, writes: Writes) -> None:
+    """Write what ``assess_and_diff`` asked for, signals to the outbox."""
     await upsert(conn, t.assessments, writes.assessments, ["upn", "school_urn"])
     await upsert(conn, t.episodes, writes.episodes, ["upn", "key"])
     e = t.episodes.c
@@ -466,7 +494,6 @@ async def recompute(
     if writes.signals:
         await insert_rows(conn, plain_insert(t.signals), writes.signals)
     await enqueue(conn, t.outbox, writes.outbox)
-    return Outcome(pupils=pupils, signals=len(writes.signals))
 
 
 async def pupils_to_watch(conn: AsyncConnection) -> list[str]:

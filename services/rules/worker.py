@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 
 import structlog
 from prometheus_client import Counter
@@ -41,15 +40,14 @@ def calendar_cache(rt: Runtime) -> recompute.CalendarCache:
 
 def assessor_pool(rt: Runtime) -> Executor | None:
     """The worker processes large recomputes assess their pupils in (``assess_workers``), made on
-    first use; None when the service is to use its own process only. ``forkserver`` processes,
-    because forking a process that runs threads (aiosqlite's, the Kafka client's) is unsafe."""
+    first use (``recompute.assessor_processes``); None when the service is to use its own process
+    only. One worker is a pipeline already: it assesses while this process reads and writes."""
     workers = int(getattr(rt.settings, "assess_workers", 0))
-    if workers < 2:
+    if workers < 1:
         return None
     pool = rt.state.get("assessors")
     if pool is None:
-        context = multiprocessing.get_context("forkserver")
-        pool = rt.state["assessors"] = ProcessPoolExecutor(workers, mp_context=context)
+        pool = rt.state["assessors"] = recompute.assessor_processes(workers)
     assert isinstance(pool, Executor)
     return pool
 

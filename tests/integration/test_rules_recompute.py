@@ -6,9 +6,8 @@ raises nothing."""
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 import orjson
@@ -69,12 +68,13 @@ async def test_bulk_recompute_in_process_and_in_a_pool_agree(
     assert len(upns) >= recompute.PARALLEL_MIN_PUPILS
 
     raised, inline = await recompute_all(inline_url, upns, None)
-    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver"))
+    pool, single = recompute.assessor_processes(2), recompute.assessor_processes(1)
     try:
         pooled_raised, pooled = await recompute_all(pooled_url, upns, pool)
-        again, after = await recompute_all(pooled_url, upns, pool)
+        again, after = await recompute_all(pooled_url, upns, single)  # one worker: a pipeline too
     finally:
         pool.shutdown()
+        single.shutdown()
     assert raised > 0
     assert pooled_raised == raised
     for table in ("assessments", "episodes", "signals"):
