@@ -53,11 +53,14 @@ class CloudEvent(BaseModel):
     data: dict[str, Any]
 
 
-def new_event(type_: str, source: str, data: dict[str, Any], subject: str | None = None) -> dict[str, Any]:
-    """A new envelope as a plain dict, ready for ``orjson.dumps`` (the hot path skips model building)."""
+def new_event(
+    type_: str, source: str, data: dict[str, Any], subject: str | None = None, event_id: str | None = None
+) -> dict[str, Any]:
+    """A new envelope as a plain dict, ready for ``orjson.dumps`` (the hot path skips model building);
+    a fresh id unless one made in bulk (``new_event_ids``) is given."""
     return {
         "specversion": "1.0",
-        "id": str(uuid.uuid4()),
+        "id": event_id or str(uuid.uuid4()),
         "source": source,
         "type": type_,
         "time": datetime.now(UTC).isoformat(),

@@ -263,10 +263,8 @@ def _signal(
         "evidence": ep.evidence,
     }
     encoded = orjson.dumps(data)
-    event = new_event(f"signal.{name}", SOURCE, {}, subject=upn)
+    event = new_event(f"signal.{name}", SOURCE, {}, subject=upn, event_id=event_id)
     event["data"] = orjson.Fragment(encoded)
-    if event_id is not None:
-        event["id"] = event_id
     row = {
         "id": event["id"],
         "type": name,
