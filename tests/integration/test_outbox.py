@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sqlalchemy import MetaData, func, select
+from sqlalchemy import MetaData, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared import kafka
@@ -103,3 +103,53 @@ async def test_one_relay_leads_per_database_and_another_takes_over(
             await p.stop()
         for e in engines:
             await e.dispose()
+
+
+async def test_the_relay_vacuums_the_outbox_it_empties(postgres_url: str, kafka_bootstrap: str) -> None:
+    """Every ``vacuum_every`` deleted rows the relay VACUUMs the outbox: its dead rows are removed
+    as it goes, not left for autovacuum (a queue table would otherwise grow to gigabytes)."""
+    topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    engine = create_async_engine(postgres_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+        # Autovacuum off for this table, so any VACUUM counted below is the relay's.
+        await conn.execute(text("ALTER TABLE outbox SET (autovacuum_enabled = false)"))
+    producer = kafka.producer(kafka_bootstrap)
+    await producer.start()
+    relay = OutboxRelay(engine, OUTBOX, producer, batch=100, vacuum_every=250)
+
+    async def table_stat(column: str) -> int:
+        async with engine.connect() as conn:
+            query = text(f"SELECT {column} FROM pg_stat_user_tables WHERE relname = 'outbox'")  # noqa: S608 - ours
+            return int((await conn.execute(query)).scalar_one())
+
+    async def emptied() -> bool:
+        async with engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(OUTBOX))).scalar() == 0
+
+    async def vacuumed() -> bool:
+        return relay.vacuums == 1
+
+    running = asyncio.create_task(relay.run())
+    try:
+        assert await table_stat("vacuum_count") == 0
+        await add(engine, topic, 200, "below")
+        await until(emptied)
+        await asyncio.sleep(0.3)
+        assert relay.vacuums == 0  # 200 deleted: fewer than vacuum_every
+        await add(engine, topic, 100, "over")
+        await until(vacuumed)
+        assert await table_stat("vacuum_count") == 1
+        assert await table_stat("n_dead_tup") == 0
+        assert await emptied()
+    finally:
+        relay.stop()
+        await running
+        await producer.stop()
+        await engine.dispose()
