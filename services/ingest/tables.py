@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
@@ -95,17 +96,20 @@ care = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# Keyed session first, pupil last (migration 0004): a session's register for a whole roll is one
+# run of adjacent keys, not a key in each pupil's part of the index.
 marks = Table(
     "marks",
     metadata,
-    Column("school_urn", String(10), primary_key=True),
-    Column("upn", String(13), primary_key=True),
-    Column("date", Date, primary_key=True),
-    Column("session", String(2), primary_key=True),
+    Column("school_urn", String(10), nullable=False),
+    Column("upn", String(13), nullable=False),
+    Column("date", Date, nullable=False),
+    Column("session", String(2), nullable=False),
     Column("code", String(3), nullable=False),
     Column("minutes_late", SmallInteger),
     Column("recorded_at", DateTime(timezone=True)),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("school_urn", "date", "session", "upn"),
 )
 
 mark_history = Table(
