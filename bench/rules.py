@@ -10,12 +10,13 @@ consumption rate, attendance reads under load and the service's memory.
   new, every signal raised), then again with nothing changed (the diff only). The database is a
   borough loaded straight into a fresh one (``--db-scale``), or a copy of an existing rules
   database (``--db``, e.g. the dashboard benchmark's whole borough) with its computed tables
-  emptied. ``--workers N`` assesses in N worker processes.
+  emptied. ``--workers N`` assesses in N worker processes. With ``--postgres`` it is a fresh
+  PostgreSQL database of the ``--db-scale`` borough instead (``ROLLCALL_BENCH_POSTGRES_URL``).
 * **attendance reads**: ``GET /v1/pupils/{upn}/attendance`` at ``--get-rate`` requests/s, open
   loop from ``bench.load --mode attendance`` in its own process, against rules under uvicorn on
   that recomputed database; then the rules process's resident memory (current and peak). With
-  ``--postgres`` the reads are against a fresh PostgreSQL database of the ``--db-scale`` borough
-  (``ROLLCALL_BENCH_POSTGRES_URL``), the production database, dropped afterwards.
+  ``--postgres`` the reads are against the PostgreSQL database (the production database), which is
+  dropped afterwards.
 * **consumption**: ingest takes ``--consume-days`` school days of marks for
   ``--consume-pupils`` pupils and publishes them; rules then starts on a fresh consumer group
   and is timed from its first committed batch to the last (marks/s it can take).
@@ -483,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--postgres",
         action="store_true",
-        help="the attendance reads against PostgreSQL (a fresh database of --db-scale) instead of SQLite",
+        help="the recompute and the attendance reads against PostgreSQL (a fresh database of --db-scale) "
+        "instead of SQLite",
     )
     parser.add_argument("--skip-engine", action="store_true", help="skip the pure-engine benchmark")
     parser.add_argument(
@@ -504,6 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     broker.start()
     asyncio.run(kafka.ensure_topics(broker.bootstrap))
     rules_url = f"sqlite+aiosqlite:///{work / 'rules.db'}"
+    pg_url = asyncio.run(fresh_postgres(base)) if args.postgres and base else None
     try:
         print(f"\nrules — {os.cpu_count()} cores", flush=True)
         if "latency" in only:
@@ -514,24 +517,22 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         if "recompute" in only:
-            rec = asyncio.run(bench_recompute(rules_url, args.seed, args.db_scale, args.db, args.workers))
-            report_recompute(rec, f"{args.db.name}" if args.db else f"scale {args.db_scale}", args.workers)
-        if "get" in only and "recompute" not in only and not args.postgres:  # a database, not assessments
-            if args.db is None:
-                asyncio.run(fill_rules_db(rules_url, args.seed, args.db_scale))
+            url = pg_url or rules_url
+            reuse = None if pg_url else args.db
+            rec = asyncio.run(bench_recompute(url, args.seed, args.db_scale, reuse, args.workers))
+            source = f"{args.db.name}" if reuse else f"scale {args.db_scale}"
+            report_recompute(rec, source, args.workers, "PostgreSQL" if pg_url else "SQLite")
+        if "get" in only and "recompute" not in only:  # a database, not assessments
+            if pg_url is not None or args.db is None:
+                asyncio.run(fill_rules_db(pg_url or rules_url, args.seed, args.db_scale))
             else:
                 asyncio.run(reuse_rules_db(args.db, work / "rules.db"))
-        if "get" in only and args.postgres and base:
-            pg_url = asyncio.run(fresh_postgres(base))
-            try:
-                asyncio.run(fill_rules_db(pg_url, args.seed, args.db_scale))
-                get = asyncio.run(
-                    bench_attendance(
-                        pg_url, broker.bootstrap, work, args.get_rate, args.get_duration, args.get_warmup
-                    )
+        if "get" in only and pg_url is not None:
+            get = asyncio.run(
+                bench_attendance(
+                    pg_url, broker.bootstrap, work, args.get_rate, args.get_duration, args.get_warmup
                 )
-            finally:
-                asyncio.run(drop_postgres(base, pg_url))
+            )
             report_attendance(get, args.get_rate, "PostgreSQL")
         elif "get" in only:
             get = asyncio.run(
@@ -557,23 +558,26 @@ def main(argv: list[str] | None = None) -> None:
                 f"with generation {eng['total_s']:.1f} s"
             )
     finally:
+        if pg_url is not None and base:
+            asyncio.run(drop_postgres(base, pg_url))
         broker.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report_recompute(rec: dict[str, float], source: str, workers: int) -> None:
+def report_recompute(rec: dict[str, float], source: str, workers: int, backend: str) -> None:
     how = {0: "one process", 1: "1 worker process"}.get(workers, f"{workers} worker processes")
     for label, key, signals in (("first", "recompute_s", "signals"), ("again", "again_s", "again_signals")):
         per_s = rec["pupils"] / rec[key]
         print(
-            f"recompute from SQLite ({source}, {how}), {label}: {rec['pupils']:.0f} pupils, "
+            f"recompute from {backend} ({source}, {how}), {label}: {rec['pupils']:.0f} pupils, "
             f"{rec['marks']:.0f} marks in {rec[key]:.1f} s ({per_s:.0f} pupils/s, "
             f"{rec[signals]:.0f} signals)",
             flush=True,
         )
         whole = rec[key] if rec["pupils"] >= WHOLE_BOROUGH else WHOLE_BOROUGH / per_s
         scaled = "" if rec["pupils"] >= WHOLE_BOROUGH else f", extrapolated from {rec['pupils']:.0f} pupils"
-        summary.add(f"recompute a borough's whole year ({label})", "< 30 s", f"{whole:.1f} s ({how}{scaled})")
+        figure = f"{whole:.1f} s ({backend}, {how}{scaled})"
+        summary.add(f"recompute a borough's whole year ({label})", "< 30 s", figure)
     print(f"  (database prepared in {rec['fill_s']:.1f} s)", flush=True)
 
 
