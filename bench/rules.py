@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bench import summary
 from bench.ingest import drop_postgres, fresh_postgres
@@ -201,6 +201,10 @@ async def fill_rules_db(url: str, seed: int, scale: float) -> tuple[list[str], i
                 for i in range(0, len(rows), 5000):
                     await conn.execute(t.register.insert(), rows[i : i + 5000])
                 n_marks += len(rows)
+        if db.dialect.name == "postgresql":  # planner statistics, as autovacuum keeps them in service
+            async with db.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await auto.execute(text("ANALYZE"))
     finally:
         await db.dispose()
     return sorted(set(upns)), n_marks
