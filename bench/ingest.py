@@ -10,7 +10,8 @@ HTTP with the load generator (``bench.load``) in a separate process:
    committed with their outbox events), published marks/s (until the last of them is on
    ``rollcall.marks.v1``, by Kafka end offsets), the largest outbox backlog seen (sampled every
    0.25 s), batch latency, and the ingest process's CPU seconds per 100,000 marks (less noisy
-   than rates on a shared machine).
+   than rates on a shared machine) and PostgreSQL's (*DB CPU*: the server and every backend and
+   autovacuum worker of the run, when the server runs on this machine).
 2. **single** — one mark per POST on an open-loop clock at ``--single-rate`` requests/s for
    ``--single-duration`` seconds: achieved rate and latency percentiles from an HDR histogram.
 
@@ -57,18 +58,38 @@ async def end_offsets(bootstrap: str) -> int:
         await consumer.stop()
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
     """User + system CPU time so far of a process and its children (uvicorn's worker processes;
-    Linux /proc)."""
+    Linux /proc). ``reaped``: with the children that have already exited, as their parent counts
+    them (PostgreSQL's postmaster: a backend per connection, and autovacuum workers, come and go)."""
     ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended meanwhile
             continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
+        if stat.parent.name == str(pid):
+            ticks += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+        elif fields[1] == str(pid):
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def postmaster_pid(db_url: str) -> int | None:
+    """The PostgreSQL server's process, if it runs on this machine (its CPU is measured too)."""
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await conn.close()
+    return parent_pid(backend)
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:  # not a process of this machine
+        return None
 
 
 _SPAN = "SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM outbox"
@@ -127,17 +148,20 @@ async def load(base: str, *argv: str) -> dict[str, Any]:
 async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
     proc, base = await start_processes("ingest", db_url, bootstrap, args.processes, {})
     backlog = Backlog(db_url)
+    server = await postmaster_pid(db_url) if db_url.startswith("postgresql") else None
     try:
         before = await end_offsets(bootstrap)
         done = asyncio.Event()
         sampler = asyncio.create_task(backlog.sample_until(done))
         cpu0 = cpu_seconds(proc.pid)
+        db_cpu0 = cpu_seconds(server, reaped=True) if server else 0.0
         batch = await load(
             base, "--mode", "batch", "--rate", "0", "--duration", str(args.duration),
             "--batch-size", str(args.batch_size), "--schools", str(args.schools),
             "--pupils", str(args.pupils), "--urn-base", "150000",
         )  # fmt: skip
         cpu = cpu_seconds(proc.pid) - cpu0
+        db_cpu = cpu_seconds(server, reaped=True) - db_cpu0 if server else None
         deadline = time.time() + 900
         while await end_offsets(bootstrap) - before < batch["marks"]:
             if time.time() > deadline:
@@ -165,6 +189,7 @@ async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> 
         "published_per_s": batch["marks"] / (published_at - started),
         "max_backlog": max_backlog,
         "cpu_per_100k": cpu / batch["marks"] * 100_000 if batch["marks"] else 0.0,
+        "db_cpu_per_100k": None if db_cpu is None or not batch["marks"] else db_cpu / batch["marks"] * 1e5,
         "single_cpu_ms": single_cpu / single["requests"] * 1000 if single["requests"] else 0.0,
     }
 
@@ -252,12 +277,13 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
     )
     head = (
         f"{'database':<11}{'durable/s':>10}{'published/s':>12}{'max backlog':>12}{'batch p50':>10}"
-        f"{'p99 ms':>8}{'CPU s/100k':>11}{'single/s':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max ms':>9}"
-        f"{'errors':>7}{'CPU ms/POST':>12}"
+        f"{'p99 ms':>8}{'CPU s/100k':>11}{'DB CPU':>7}{'single/s':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}"
+        f"{'max ms':>9}{'errors':>7}{'CPU ms/POST':>12}"
     )
     print(head)
     for backend, r in rows:
         b, s = r["batch"], r["single"]
+        db_cpu = "—" if r["db_cpu_per_100k"] is None else f"{r['db_cpu_per_100k']:.2f}"
         bl, sl = b["latency_ms"], s["latency_ms"]
         summary.add(
             f"ingest {backend}: durable marks/s ({args.duration:g} s)",
@@ -272,7 +298,7 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
         )
         print(
             f"{backend:<11}{b['mark_rate']:>10.0f}{r['published_per_s']:>12.0f}{r['max_backlog']:>12.0f}"
-            f"{bl['p50']:>10.0f}{bl['p99']:>8.0f}{r['cpu_per_100k']:>11.2f}{s['request_rate']:>9.0f}"
+            f"{bl['p50']:>10.0f}{bl['p99']:>8.0f}{r['cpu_per_100k']:>11.2f}{db_cpu:>7}{s['request_rate']:>9.0f}"
             f"{sl['p50']:>9.1f}{sl['p99']:>9.1f}{sl['p99.9']:>9.1f}{sl['max']:>9.1f}"
             f"{b['errors'] + s['errors']:>7}{r['single_cpu_ms']:>12.2f}"
         )
