@@ -78,11 +78,10 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
 async def postmaster_pid(db_url: str) -> int | None:
     """The PostgreSQL server's process, if it runs on this machine (its CPU is measured too)."""
     conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+    try:  # read while the backend lives: it exits with the connection
+        return parent_pid(int(await conn.fetchval("SELECT pg_backend_pid()")))
     finally:
         await conn.close()
-    return parent_pid(backend)
 
 
 def parent_pid(pid: int) -> int | None:
