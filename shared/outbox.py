@@ -187,7 +187,7 @@ class OutboxRelay:
         self._vacuum_every = vacuum_every
         self._deleted = 0  # rows deleted since the last VACUUM was started
         self._vacuum: asyncio.Task[None] | None = None
-        self.vacuums = 0  # VACUUMs completed (for tests and metrics)
+        self.vacuums = 0  # VACUUMs completed (tests read it)
         self.healthy = False
 
     @property
