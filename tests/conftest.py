@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy.kafka import Broker
 from shared.auth import mint_token
@@ -119,6 +120,18 @@ def make_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], 
 async def postgres_url(postgres_databases: Callable[[], Awaitable[str]]) -> str:
     """A new, empty PostgreSQL database for one test, dropped afterwards."""
     return await postgres_databases()
+
+
+async def new_topic(bootstrap: str, prefix: str, partitions: int) -> str:
+    """A new topic of the test's own, ``<prefix>.<random>``, with ``partitions`` partitions."""
+    topic = f"{prefix}.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
 
 
 def token(scopes: str, schools: list[str] | None = None, la: str | None = None, sub: str = "test") -> str:

@@ -11,7 +11,6 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import CheckConstraint, Column, Integer, MetaData, String, Table, event, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -19,6 +18,7 @@ from shared import kafka
 from shared.consumer import UNAPPLICABLE, InboxConsumer
 from shared.events import CloudEvent, encode, new_event
 from shared.inbox import inbox_table
+from tests.conftest import new_topic
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +41,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 async def test_an_event_the_database_refuses_is_skipped_and_its_batch_is_applied(
     db_url: str, kafka_bootstrap: str
 ) -> None:
-    topic = f"test.consumer.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(kafka_bootstrap, "test.consumer", 1)
     engine = create_async_engine(db_url)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)

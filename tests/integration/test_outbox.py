@@ -5,18 +5,17 @@ PostgreSQL; each relay has its own engine and producer, as separate processes wo
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import MetaData, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared import kafka
 from shared.events import new_event
 from shared.outbox import OutboxRelay, enqueue, outbox_records, outbox_table
+from tests.conftest import new_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -39,13 +38,7 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float = 60) -> No
 async def test_one_relay_leads_per_database_and_another_takes_over(
     postgres_url: str, kafka_bootstrap: str
 ) -> None:
-    topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(kafka_bootstrap, "test.outbox", 3)
     engines = [create_async_engine(postgres_url) for _ in range(3)]
     async with engines[0].begin() as conn:
         await conn.run_sync(metadata.create_all)
@@ -108,13 +101,7 @@ async def test_one_relay_leads_per_database_and_another_takes_over(
 async def test_the_relay_vacuums_the_outbox_it_empties(postgres_url: str, kafka_bootstrap: str) -> None:
     """Every ``vacuum_every`` deleted rows the relay VACUUMs the outbox: its dead rows are removed
     as it goes, not left for autovacuum (a queue table would otherwise grow to gigabytes)."""
-    topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(kafka_bootstrap, "test.outbox", 1)
     engine = create_async_engine(postgres_url)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import MetaData, delete, func, select
 
 from shared import kafka
@@ -20,6 +18,7 @@ from shared.db import WriteGate, create_engine
 from shared.events import new_event
 from shared.migrate import upgrade
 from shared.outbox import OutboxRelay, enqueue, outbox_records, outbox_table
+from tests.conftest import new_topic
 
 pytestmark = pytest.mark.integration
 
@@ -73,13 +72,7 @@ async def test_the_migration_keeps_pending_rows(tmp_path: Path) -> None:
 async def test_a_new_event_is_published_while_an_earlier_delete_waits(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(kafka_bootstrap, "test.outbox", 2)
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
