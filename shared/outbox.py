@@ -51,7 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.db import Gate, asyncpg_connection, insert_rows, lock_key, plain_insert
+from shared.db import Gate, asyncpg_connection, bind_tuples, execute_bound, lock_key, plain_insert
 from shared.events import new_traceparents
 from shared.observability import error_fields
 
@@ -100,24 +100,23 @@ _COLUMNS = ("event_id", "topic", "key", "event_type", "traceparent", "value")
 
 def outbox_records(topic: str, events: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Rows for ``events`` given as ``(key, cloud_event_dict)`` pairs (one trace per call)."""
+    return [dict(zip(_COLUMNS, row, strict=True)) for row in outbox_rows(topic, events)]
+
+
+def outbox_rows(topic: str, events: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[Any, ...]]:
+    """``outbox_records`` as tuples in ``enqueue_rows``' column order: plain data, made in a pool
+    worker as well, that the service's process adds to the outbox without building a dict a row."""
     pairs = list(events)
     dumps = orjson.dumps
     return [
-        {
-            "event_id": event["id"],
-            "topic": topic,
-            "key": key,
-            "event_type": event["type"],
-            "traceparent": traceparent,
-            "value": dumps(event),
-        }
+        (event["id"], topic, key, event["type"], traceparent, dumps(event))
         for (key, event), traceparent in zip(pairs, new_traceparents(len(pairs)), strict=True)
     ]
 
 
 async def enqueue(conn: AsyncConnection, table: Table, records: list[dict[str, Any]]) -> None:
     """Add rows to the outbox inside the caller's transaction (one COPY on PostgreSQL)."""
-    await _insert(conn, table, [tuple(r[c] for c in _COLUMNS) for r in records])
+    await enqueue_rows(conn, table, [tuple(r[c] for c in _COLUMNS) for r in records])
 
 
 async def enqueue_encoded(
@@ -126,7 +125,7 @@ async def enqueue_encoded(
     """``enqueue`` for events already encoded, as ``(event_id, key, event_type, json_value)``:
     the bulk path (a 10,000-mark batch), which never builds a dict per event."""
     traceparents = new_traceparents(len(events))
-    await _insert(
+    await enqueue_rows(
         conn,
         table,
         [
@@ -136,12 +135,14 @@ async def enqueue_encoded(
     )
 
 
-async def _insert(conn: AsyncConnection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+async def enqueue_rows(conn: AsyncConnection, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add ``outbox_rows`` to the outbox inside the caller's transaction (one COPY on PostgreSQL)."""
     if not rows:
         return
     driver = await asyncpg_connection(conn)
     if driver is None:
-        await insert_rows(conn, plain_insert(table), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
+        stmt = plain_insert(table)
+        await execute_bound(conn, stmt, bind_tuples(stmt, conn.dialect, _COLUMNS, rows))
     else:
         await driver.copy_records_to_table(table.name, records=rows, columns=_COLUMNS)
 

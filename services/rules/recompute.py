@@ -30,9 +30,20 @@ from services.rules import engine
 from services.rules import tables as t
 from shared.calendar import AcademicYear, Calendars, Closure, SchoolCalendar, Term
 from shared.collector import tune_collector
-from shared.db import EncodedJSON, insert_rows, lock_pupils, plain_insert, upsert
+from shared.db import (
+    BoundRows,
+    EncodedJSON,
+    bind_rows,
+    execute_bound,
+    insert_rows,
+    lock_pupils,
+    offline_dialect,
+    plain_insert,
+    upsert,
+    upsert_statement,
+)
 from shared.events import CloudEvent, Topic, new_event, new_event_ids
-from shared.outbox import enqueue, outbox_records
+from shared.outbox import enqueue, enqueue_rows, outbox_records, outbox_rows
 from shared.policy import Policy
 
 SOURCE = "/rollcall/rules"
@@ -304,7 +315,39 @@ class Writes:
     episodes: list[dict[str, Any]] = field(default_factory=list)
     vanished: list[tuple[str, str]] = field(default_factory=list)  # (upn, episode key) to delete
     signals: list[dict[str, Any]] = field(default_factory=list)
-    outbox: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[tuple[Any, ...]] = field(default_factory=list)  # ``outbox_rows``
+
+
+ASSESSMENT_KEY = ("upn", "school_urn")
+EPISODE_KEY = ("upn", "key")
+
+
+@dataclass
+class BoundWrites:
+    """``Writes`` with their rows bound for the database's driver (``bind_writes``): made in a pool
+    worker or a thread, so the service's process only executes them (``_store``)."""
+
+    assessments: BoundRows
+    episodes: BoundRows
+    vanished: list[tuple[str, str]]
+    signals: BoundRows
+    outbox: list[tuple[Any, ...]]
+
+
+def bind_writes(writes: Writes, dialect: str) -> BoundWrites:
+    """``writes`` bound for ``dialect`` (the engine's name: ``sqlite``, ``postgresql``)."""
+    d = offline_dialect(dialect)
+
+    def bound_upsert(table: Any, key: tuple[str, ...], rows: list[dict[str, Any]]) -> BoundRows:
+        return bind_rows(upsert_statement(dialect, table, key, tuple(rows[0]) if rows else ()), d, rows)
+
+    return BoundWrites(
+        assessments=bound_upsert(t.assessments, ASSESSMENT_KEY, writes.assessments),
+        episodes=bound_upsert(t.episodes, EPISODE_KEY, writes.episodes),
+        vanished=writes.vanished,
+        signals=bind_rows(plain_insert(t.signals), d, writes.signals),
+        outbox=writes.outbox,
+    )
 
 
 Stored = dict[str, dict[str, dict[str, Any]]]  # upn -> episode key -> the stored episode row
@@ -373,8 +416,21 @@ def assess_and_diff(
         row, event = _signal(name, key, ep, upn, now, today, withdrawn, event_id)
         out.signals.append(row)
         events.append((upn, event))
-    out.outbox = outbox_records(Topic.SIGNALS, events)
+    out.outbox = outbox_rows(Topic.SIGNALS, events)
     return out
+
+
+def assess_and_bind(
+    raws: list[RawPupil],
+    calendars: dict[str, Calendars],
+    stored: Stored,
+    policy: Policy,
+    today: dt.date,
+    now: dt.datetime,
+    dialect: str,
+) -> BoundWrites:
+    """``assess_and_diff``, its rows bound for ``dialect``'s driver."""
+    return bind_writes(assess_and_diff(raws, calendars, stored, policy, today, now), dialect)
 
 
 async def load_stored(conn: AsyncConnection, upns: list[str]) -> Stored:
@@ -396,10 +452,11 @@ def _assess_in_worker(
     policy: Policy,
     today: dt.date,
     now: dt.datetime,
-) -> Writes:
-    """``assess_and_diff`` in a worker process, calendars sent as their rows (see CalendarCache)."""
+    dialect: str,
+) -> BoundWrites:
+    """``assess_and_bind`` in a worker process, calendars sent as their rows (see CalendarCache)."""
     calendars = {urn: calendars_from_spec(spec) for urn, spec in specs.items()}
-    return assess_and_diff(raws, calendars, stored, policy, today, now)
+    return assess_and_bind(raws, calendars, stored, policy, today, now, dialect)
 
 
 def assessor_processes(workers: int) -> ProcessPoolExecutor:
@@ -450,14 +507,15 @@ async def recompute(
         if not raws:
             return Outcome()
         stored = await load_stored(conn, [r.upn for r in raws])
+        args = (raws, calendars, stored, policy, today, now, conn.dialect.name)
         if len(raws) >= THREAD_MIN_PUPILS:
             # In a thread, so the service's event loop (its HTTP requests, the first-day fast path)
             # keeps getting the interpreter while a batch of thousands of pupils is assessed.
-            writes = await asyncio.to_thread(assess_and_diff, raws, calendars, stored, policy, today, now)
+            writes = await asyncio.to_thread(assess_and_bind, *args)
         else:
-            writes = assess_and_diff(raws, calendars, stored, policy, today, now)
+            writes = assess_and_bind(*args)
         await _store(conn, writes)
-        return Outcome(pupils=len(raws), signals=len(writes.signals))
+        return Outcome(pupils=len(raws), signals=len(writes.signals.params))
     # Read every part while the workers assess the first ones, then store each part's rows as it
     # comes back while the workers assess the next (all in this transaction, parts in order).
     loop = asyncio.get_running_loop()
@@ -469,29 +527,34 @@ async def recompute(
             continue
         stored = await load_stored(conn, [r.upn for r in raws])
         specs = {urn: cache.specs[urn] for urn in {e[0] for r in raws for e in r.enrolments}}
-        futures.append(loop.run_in_executor(pool, _assess_in_worker, raws, specs, stored, policy, today, now))
+        futures.append(
+            loop.run_in_executor(
+                pool, _assess_in_worker, raws, specs, stored, policy, today, now, conn.dialect.name
+            )
+        )
         outcome.pupils += len(raws)
     try:
         for future in futures:
             writes = await future
             await _store(conn, writes)
-            outcome.signals += len(writes.signals)
+            outcome.signals += len(writes.signals.params)
     finally:
         for future in futures:
             future.cancel()  # a failed part: the transaction rolls back, the rest is not wanted
     return outcome
 
 
-async def _store(conn: AsyncConnection, writes: Writes) -> None:
-    """Write what ``assess_and_diff`` asked for, signals to the outbox."""
-    await upsert(conn, t.assessments, writes.assessments, ["upn", "school_urn"])
-    await upsert(conn, t.episodes, writes.episodes, ["upn", "key"])
+async def _store(conn: AsyncConnection, writes: BoundWrites) -> None:
+    """Write what ``assess_and_bind`` asked for, signals to the outbox."""
+    d = conn.dialect.name
+    a, ep = writes.assessments, writes.episodes
+    await execute_bound(conn, upsert_statement(d, t.assessments, ASSESSMENT_KEY, a.keys), a)
+    await execute_bound(conn, upsert_statement(d, t.episodes, EPISODE_KEY, ep.keys), ep)
     e = t.episodes.c
     for upn, key in writes.vanished:
         await conn.execute(delete(t.episodes).where(e.upn == upn, e.key == key))
-    if writes.signals:
-        await insert_rows(conn, plain_insert(t.signals), writes.signals)
-    await enqueue(conn, t.outbox, writes.outbox)
+    await execute_bound(conn, plain_insert(t.signals), writes.signals)
+    await enqueue_rows(conn, t.outbox, writes.outbox)
 
 
 async def pupils_to_watch(conn: AsyncConnection) -> list[str]:
@@ -601,7 +664,7 @@ async def first_day_now(
                 events.append((raw.upn, event))
                 writes.episodes.append(_episode_row(ep, raw.upn))
     if writes.episodes:
-        await upsert(conn, t.episodes, writes.episodes, ["upn", "key"])
+        await upsert(conn, t.episodes, writes.episodes, list(EPISODE_KEY))
         await insert_rows(conn, plain_insert(t.signals), writes.signals)
         await enqueue(conn, t.outbox, outbox_records(Topic.SIGNALS, events))
     return Outcome(pupils=len(raws), signals=len(writes.signals))

@@ -1,6 +1,8 @@
 """``shared.db.insert_rows`` stores exactly what SQLAlchemy's own ``executemany`` stores (dates,
-timestamps, JSON, booleans, NULLs; plain inserts and upserts that overwrite or add), on SQLite and
-PostgreSQL: it only skips SQLAlchemy's per-row parameter handling."""
+timestamps, JSON, booleans, floats, NULLs; plain inserts and upserts that overwrite or add), on
+SQLite and PostgreSQL: it only skips SQLAlchemy's per-row parameter handling. Rows bound without
+a connection (``offline_dialect``, as a recompute's pool workers bind them) are the same
+parameters the engine's own dialect makes, and store the same rows."""
 
 from __future__ import annotations
 
@@ -8,10 +10,34 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import create_engine, insert_rows, plain_insert, upsert
+from shared.db import (
+    BoundRows,
+    bind_rows,
+    bind_tuples,
+    create_engine,
+    execute_bound,
+    insert_rows,
+    offline_dialect,
+    plain_insert,
+    upsert,
+    upsert_statement,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +51,14 @@ things = Table(
     Column("detail", JSON, nullable=True),
     Column("flag", Boolean, nullable=False),
     Column("n", Integer, nullable=False),
+    Column("rate", Float, nullable=True),
 )
 
 ROWS: list[dict[str, Any]] = [
     {"id": f"t{i}", "day": dt.date(2024, 9, 2) + dt.timedelta(days=i) if i % 3 else None,
      "at": dt.datetime(2024, 9, 2, 8, 45, i, 123456, tzinfo=dt.UTC) if i % 4 else None,
      "detail": {"sessions": [i, "AM"], "why": "naïve café — “quoted”"} if i % 5 else None,
-     "flag": bool(i % 2), "n": i}
+     "flag": bool(i % 2), "n": i, "rate": i / 7 if i % 6 else None}
     for i in range(40)
 ]  # fmt: skip
 
@@ -78,6 +105,26 @@ async def check(url: str) -> None:
         assert [again[f"t{i}"][5] for i in range(4)] == [200, 201, 202, 103]
         first = {r[0]: r for r in expected}
         assert [again[f"u{i}"][1:] for i in range(3)] == [first[f"t{i}"][1:] for i in range(3)]
+
+        # bound offline (a pool worker) = bound by the engine's dialect; stored, the same rows
+        offline = offline_dialect(engine.dialect.name)
+        keys = tuple(ROWS[0])
+        for stmt in (plain_insert(things), upsert_statement(engine.dialect.name, things, ["id"], keys)):
+            assert bind_rows(stmt, offline, ROWS) == bind_rows(stmt, engine.dialect, ROWS)
+            as_tuples = [tuple(r.values()) for r in ROWS]
+            assert bind_tuples(stmt, engine.dialect, keys, as_tuples) == bind_rows(stmt, engine.dialect, ROWS)
+        await reset(engine)
+        bound = bind_rows(plain_insert(things), offline, ROWS)
+        async with engine.begin() as conn:
+            await execute_bound(conn, plain_insert(things), bound)
+        assert await stored(engine) == expected
+        # rows bound in another parameter order are refused, and nothing is written
+        shuffled = BoundRows(bound.keys, bound.names[::-1], [p[::-1] for p in bound.params])
+        await reset(engine)
+        with pytest.raises(ValueError, match="rows bound as"):
+            async with engine.begin() as conn:
+                await execute_bound(conn, plain_insert(things), shuffled)
+        assert await stored(engine) == []
     finally:
         await engine.dispose()
 
