@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-import uuid
+import time
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -60,7 +60,7 @@ def new_event(
     a fresh id unless one made in bulk (``new_event_ids``) is given."""
     return {
         "specversion": "1.0",
-        "id": event_id or str(uuid.uuid4()),
+        "id": event_id or new_event_id(),
         "source": source,
         "type": type_,
         "time": datetime.now(UTC).isoformat(),
@@ -74,17 +74,28 @@ _VARIANT = dict(zip("0123456789abcdef", "89ab89ab89ab89ab", strict=True))
 
 
 def new_event_ids(n: int) -> list[str]:
-    """``n`` random (version 4) UUID strings, from one read of the OS random source.
+    """``n`` time-ordered (version 7, RFC 9562) UUID strings, in ascending order.
 
-    Equivalent to ``str(uuid.uuid4())`` ``n`` times at a fraction of the cost: a 10,000-mark
-    batch needs 10,000 event ids.
+    48 bits of Unix time in milliseconds, then 74 random bits from one read of the OS random
+    source; a 10,000-mark batch needs 10,000 ids, at a fraction of ``uuid`` one at a time. Time
+    order matters where ids are indexed (a signal's id, a consumer's inbox): each new batch's ids
+    go at the end of the index, in a few pages, instead of one random leaf page each — a random
+    id dirtied a page per row in the commit's write-ahead log.
     """
-    hexed = os.urandom(16 * n).hex()
+    stamp = f"{time.time_ns() // 1_000_000:012x}"[-12:]
+    head = f"{stamp[:8]}-{stamp[8:]}-7"
+    hexed = os.urandom(10 * n).hex()
     ids = []
-    for i in range(0, 32 * n, 32):
-        h = hexed[i : i + 32]
-        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    for i in range(0, 20 * n, 20):
+        h = hexed[i : i + 20]
+        ids.append(f"{head}{h[:3]}-{_VARIANT[h[3]]}{h[4:7]}-{h[7:19]}")
+    ids.sort()
     return ids
+
+
+def new_event_id() -> str:
+    """One ``new_event_ids`` id."""
+    return new_event_ids(1)[0]
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -66,12 +67,21 @@ def test_bulk_shape_matches_one_by_one() -> None:
     assert _shape_all(good) == [_shape(r) for r in good]
 
 
-def test_bulk_ids_are_version_4_uuids_and_traceparents_share_a_trace() -> None:
+def test_bulk_ids_are_time_ordered_version_7_uuids_and_traceparents_share_a_trace() -> None:
+    before = time.time_ns() // 1_000_000
     ids = new_event_ids(1000)
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 1000
+    assert ids == sorted(ids)  # ascending: appended to an index, not scattered over it
     for i in ids:
         parsed = uuid.UUID(i)
-        assert (str(parsed), parsed.version, parsed.variant) == (i, 4, uuid.RFC_4122)
+        assert (str(parsed), parsed.version, parsed.variant) == (i, 7, uuid.RFC_4122)
+        assert before <= parsed.int >> 80 <= after  # 48 bits of Unix time in ms
+    later = new_event_ids(3)
+    assert min(later) > max(ids) or later[0][:13] == ids[0][:13]  # a later ms sorts after
+    single = uuid.UUID(new_event("t", "/s", {})["id"])
+    assert single.version == 7
+    assert single.int >> 80 >= before
     parents = new_traceparents(3)
     assert len({p.split("-")[1] for p in parents}) == 1
     assert len({p.split("-")[2] for p in parents}) == 3
