@@ -21,6 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
@@ -71,8 +72,22 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        event.listen(engine.sync_engine, "checkout", _replace_closed)
+    return engine
+
+
+def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout, a pooled PostgreSQL connection that the server has closed is replaced (the pool
+    opens a new one), with no round trip. asyncpg reads its socket all the time, so it sees the
+    server close it as it happens — a restart, ``pg_terminate_backend``, an idle timeout — and
+    reports it through ``is_closed()``. This replaces SQLAlchemy's ``pool_pre_ping``, which made
+    every checkout three round trips (BEGIN, an empty query, ROLLBACK: ~8 % of a rules GET's CPU
+    on PostgreSQL, two checkouts per GET). A connection whose network path dies silently is found
+    by its first query instead, as a pre-ping without a timeout would not find it either."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 READ_ONLY = "rollcall_read_only"
