@@ -420,19 +420,6 @@ def assess_and_diff(
     return out
 
 
-def assess_and_bind(
-    raws: list[RawPupil],
-    calendars: dict[str, Calendars],
-    stored: Stored,
-    policy: Policy,
-    today: dt.date,
-    now: dt.datetime,
-    dialect: str,
-) -> BoundWrites:
-    """``assess_and_diff``, its rows bound for ``dialect``'s driver."""
-    return bind_writes(assess_and_diff(raws, calendars, stored, policy, today, now), dialect)
-
-
 async def load_stored(conn: AsyncConnection, upns: list[str]) -> Stored:
     """The stored episodes of ``upns`` (episodes are per pupil)."""
     stored: Stored = defaultdict(dict)
@@ -454,9 +441,10 @@ def _assess_in_worker(
     now: dt.datetime,
     dialect: str,
 ) -> BoundWrites:
-    """``assess_and_bind`` in a worker process, calendars sent as their rows (see CalendarCache)."""
+    """``assess_and_diff`` in a worker process, its rows bound there (``bind_writes``); calendars
+    sent as their rows (see CalendarCache)."""
     calendars = {urn: calendars_from_spec(spec) for urn, spec in specs.items()}
-    return assess_and_bind(raws, calendars, stored, policy, today, now, dialect)
+    return bind_writes(assess_and_diff(raws, calendars, stored, policy, today, now), dialect)
 
 
 def assessor_processes(workers: int) -> ProcessPoolExecutor:
@@ -507,13 +495,14 @@ async def recompute(
         if not raws:
             return Outcome()
         stored = await load_stored(conn, [r.upn for r in raws])
-        args = (raws, calendars, stored, policy, today, now, conn.dialect.name)
-        if len(raws) >= THREAD_MIN_PUPILS:
-            # In a thread, so the service's event loop (its HTTP requests, the first-day fast path)
-            # keeps getting the interpreter while a batch of thousands of pupils is assessed.
-            writes = await asyncio.to_thread(assess_and_bind, *args)
-        else:
-            writes = assess_and_bind(*args)
+        dialect = conn.dialect.name
+
+        def assess() -> BoundWrites:
+            return bind_writes(assess_and_diff(raws, calendars, stored, policy, today, now), dialect)
+
+        # In a thread for many pupils, so the service's event loop (its HTTP requests, the
+        # first-day fast path) keeps getting the interpreter while thousands are assessed.
+        writes = await asyncio.to_thread(assess) if len(raws) >= THREAD_MIN_PUPILS else assess()
         await _store(conn, writes)
         return Outcome(pupils=len(raws), signals=len(writes.signals.params))
     # Read every part while the workers assess the first ones, then store each part's rows as it
@@ -545,7 +534,7 @@ async def recompute(
 
 
 async def _store(conn: AsyncConnection, writes: BoundWrites) -> None:
-    """Write what ``assess_and_bind`` asked for, signals to the outbox."""
+    """Write what ``bind_writes`` bound, signals to the outbox."""
     d = conn.dialect.name
     a, ep = writes.assessments, writes.episodes
     await execute_bound(conn, upsert_statement(d, t.assessments, ASSESSMENT_KEY, a.keys), a)
