@@ -116,14 +116,21 @@ async def asyncpg_connection(conn: AsyncConnection) -> Any | None:
 
     The bulk paths (COPY, ``= ANY($1)`` look-ups, prepared ``executemany``) use it directly: they
     skip SQLAlchemy's per-row parameter processing, which dominated the marks path's profile.
-    SQLAlchemy begins the driver's transaction lazily, at its first statement: if none ran yet,
-    one trivial statement starts it so that everything done here commits (or rolls back) with it.
+    SQLAlchemy begins the driver's transaction lazily, at its first statement: if none ran yet, it
+    is begun here, so that everything done here commits (or rolls back) with it — by the adapter's
+    own ``_start_transaction`` (what SQLAlchemy awaits before a statement: just the BEGIN), or,
+    should a SQLAlchemy release not have it, by one trivial statement.
     """
     if conn.dialect.name != "postgresql":
         return None
     raw = await conn.get_raw_connection()
-    if getattr(raw.dbapi_connection, "_transaction", True) is None:
-        await conn.execute(text("SELECT 1"))
+    adapted = raw.dbapi_connection
+    if getattr(adapted, "_transaction", True) is None:
+        start = getattr(adapted, "_start_transaction", None)
+        if start is not None:
+            await start()
+        else:
+            await conn.execute(text("SELECT 1"))
     return raw.driver_connection
 
 
@@ -160,16 +167,14 @@ async def lock_pupils(conn: AsyncConnection, upns: Iterable[str]) -> None:
 
 
 async def _lock_keys(conn: AsyncConnection, keys: set[int]) -> None:
-    if conn.dialect.name != "postgresql" or not keys:
+    """Take the advisory locks ``keys`` in ascending order, in one statement (through asyncpg:
+    SQLAlchemy's text statement cost more CPU than the lock itself on the one-mark path)."""
+    driver = await asyncpg_connection(conn)
+    if driver is None or not keys:
         return
-    ordered = sorted(keys)
-    if len(ordered) == 1:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ordered[0]})
-    else:
-        await conn.execute(
-            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-            {"keys": ordered},
-        )
+    await driver.fetchval(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", sorted(keys)
+    )
 
 
 async def try_lock(conn: AsyncConnection, name: str) -> bool:

@@ -36,6 +36,7 @@ from tests.conftest import SECRET, bearer
 from tests.integration.ingest_fixtures import (
     ADMIN,
     NOW,
+    TERMS_2024_25,
     Event,
     ingest_client,
     outbox_backlog,
@@ -1012,6 +1013,39 @@ async def test_concurrent_small_requests_are_answered_each_as_if_alone(
         events = await published_events(db, kafka_bootstrap, MARKS, lambda e: a.owns(e) or b.owns(e))
         assert len(events) == 41
         assert len({e[1]["id"] for e in events}) == 41
+
+
+async def test_a_calendar_change_is_seen_by_the_next_mark(
+    db_url: str, db: AsyncEngine, kafka_bootstrap: str
+) -> None:
+    """Calendars are remembered by their stored text: closing a session refuses the next mark for
+    it, on the group-commit path and the direct one, and reopening it accepts the mark again."""
+    s = School.new()
+    async with ingest_client(db_url, kafka_bootstrap) as client:
+        await setup_school(client, s.urn, [s.pupil(i) for i in range(1, 4)])
+        school = bearer("pupils:write", [s.urn])
+        first = await client.post(s.marks_path, json={"marks": [s.mark(1, "2024-09-16", "AM", "/")]},
+                                  headers=s.mis())  # fmt: skip
+        assert first.json()["accepted"] == 1, first.text
+        calendar = f"/v1/schools/{s.urn}/calendar/2024-25"
+        closed = [{"date": "2024-09-17", "session": "ALL", "reason": "Snow"}]
+        r = await client.put(calendar, json={"terms": TERMS_2024_25, "closed": closed}, headers=school)
+        assert r.status_code == 200, r.text
+        big = [s.mark(3, "2024-09-16", session, "/") for session in ("AM", "PM")] * 300  # > SMALL_BATCH
+        for marks in ([s.mark(1, "2024-09-17", "AM", "/")], [s.mark(1, "2024-09-17", "PM", "/"), *big]):
+            r = await client.post(s.marks_path, json={"marks": marks}, headers=s.mis())
+            assert r.status_code == 200, r.text
+            assert [x["index"] for x in r.json()["rejected"]] == [0], r.text
+            assert "not a school session" in r.json()["rejected"][0]["detail"]
+        r = await client.put(calendar, json={"terms": TERMS_2024_25, "closed": []}, headers=school)
+        assert r.status_code == 200, r.text
+        r = await client.post(s.marks_path, json={"marks": [s.mark(1, "2024-09-17", "AM", "/")]},
+                              headers=s.mis())  # fmt: skip
+        assert r.json() == {"accepted": 1, "amended": 0, "unchanged": 0, "rejected": []}, r.text
+    assert {(m[1], m[2]) for m in await register(db, s.urn) if m[0] == s.upn(1)} == {
+        ("2024-09-16", "AM"),
+        ("2024-09-17", "AM"),
+    }
 
 
 async def test_large_batch_is_copied_and_amended_in_bulk(
