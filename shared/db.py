@@ -134,6 +134,22 @@ async def asyncpg_connection(conn: AsyncConnection) -> Any | None:
     return raw.driver_connection
 
 
+@contextlib.asynccontextmanager
+async def autocommit_driver(engine: AsyncEngine) -> AsyncIterator[Any | None]:
+    """A pooled connection's asyncpg connection for statements that each stand alone (committed
+    as they run, no BEGIN and COMMIT round trips around them); ``None`` off PostgreSQL.
+
+    For the outbox relay's read of pending rows and its delete of published ones: one statement
+    each, which needs no transaction around it (the relay's every cycle was a dozen round trips).
+    """
+    if engine.dialect.name != "postgresql":
+        yield None
+        return
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        yield raw.driver_connection
+
+
 def lock_key(name: str) -> int:
     """A stable 64-bit key for a PostgreSQL advisory lock named ``name``."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)

@@ -51,7 +51,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.db import Gate, asyncpg_connection, bind_tuples, execute_bound, lock_key, plain_insert
+from shared.db import (
+    Gate,
+    asyncpg_connection,
+    autocommit_driver,
+    bind_tuples,
+    execute_bound,
+    lock_key,
+    plain_insert,
+)
 from shared.events import new_traceparents
 from shared.observability import error_fields
 
@@ -185,6 +193,7 @@ class OutboxRelay:
         self._pending = 0  # events this process committed and has not yet seen published
         self._published = asyncio.Event()
         self._leader: AsyncConnection | None = None  # PostgreSQL: the session holding the lock
+        self._lead_checked = 0.0  # when the lead was last checked with a round trip
         self._vacuum_every = vacuum_every
         self._deleted = 0  # rows deleted since the last VACUUM was started
         self._vacuum: asyncio.Task[None] | None = None
@@ -196,13 +205,23 @@ class OutboxRelay:
         return self._engine.dialect.name != "postgresql" or self._leader is not None
 
     async def _lead(self) -> bool:
-        """Take (or check we still hold) the relay lock of this outbox table; True if we lead."""
+        """Take (or check we still hold) the relay lock of this outbox table; True if we lead.
+
+        Holding it is checked without a round trip on every cycle — the session's asyncpg
+        connection knows at once when the server ends it — and with one (``SELECT 1``) at most
+        every ``rescan_seconds``, for a connection that died without a word."""
         if self._engine.dialect.name != "postgresql":
             return True
         if self._leader is not None:
+            raw = await self._leader.get_raw_connection()
             try:
-                await self._leader.execute(text("SELECT 1"))
-                await self._leader.commit()
+                driver = raw.driver_connection
+                if driver is None or driver.is_closed():
+                    raise ConnectionError("the relay's session was closed by the server")
+                if time.monotonic() >= self._lead_checked + self._rescan:
+                    await self._leader.execute(text("SELECT 1"))
+                    await self._leader.commit()
+                    self._lead_checked = time.monotonic()
                 return True
             except Exception as exc:  # noqa: BLE001 - the session (and its lock) is gone
                 log.warning("outbox_relay_lost_lead", **error_fields(exc))
@@ -220,6 +239,7 @@ class OutboxRelay:
             await conn.close()
             return False
         self._leader = conn
+        self._lead_checked = time.monotonic()
         log.info("outbox_relay_leading", table=self._table.name)
         return True
 
@@ -272,24 +292,23 @@ class OutboxRelay:
     async def _fetch(self, after: int | None) -> list[_Row]:
         """Up to ``batch`` pending rows in ``seq`` order (only those above ``after`` if given)."""
         t = self._table
-        async with self._engine.connect() as conn:
-            driver = await asyncpg_connection(conn)
-            if driver is not None:
-                records = await driver.fetch(
+        async with autocommit_driver(self._engine) as driver:
+            if driver is not None:  # one statement: no transaction around it
+                records: list[Any] = await driver.fetch(
                     f"SELECT seq, event_id, topic, key, event_type, traceparent, value FROM {t.name} "  # noqa: S608 - a table name, not input
                     "WHERE seq > $1 ORDER BY seq LIMIT $2",
                     after if after is not None else -1,
                     self._batch,
                 )
-                rows: list[Any] = records  # asyncpg Records: indexable like the tuples below
-            else:
-                query = select(
-                    t.c.seq, t.c.event_id, t.c.topic, t.c.key, t.c.event_type, t.c.traceparent, t.c.value
-                )
-                if after is not None:
-                    query = query.where(t.c.seq > after)
-                result = await conn.execute(query.order_by(t.c.seq).limit(self._batch))
-                rows = [tuple(r) for r in result]
+                return records  # asyncpg Records: indexable like the tuples below
+        async with self._engine.connect() as conn:
+            query = select(
+                t.c.seq, t.c.event_id, t.c.topic, t.c.key, t.c.event_type, t.c.traceparent, t.c.value
+            )
+            if after is not None:
+                query = query.where(t.c.seq > after)
+            result = await conn.execute(query.order_by(t.c.seq).limit(self._batch))
+            rows: list[_Row] = [tuple(r) for r in result]
             await conn.rollback()
         return rows
 
@@ -302,11 +321,11 @@ class OutboxRelay:
         await asyncio.gather(*futures)
         seqs = [row[0] for row in rows]
         t = self._table
-        async with self._gate(), self._engine.begin() as conn:
-            driver = await asyncpg_connection(conn)
-            if driver is not None:
+        async with autocommit_driver(self._engine) as driver:
+            if driver is not None:  # one statement, atomic on its own
                 await driver.execute(f"DELETE FROM {t.name} WHERE seq = ANY($1::bigint[])", seqs)  # noqa: S608 - a table name
-            else:
+        if driver is None:
+            async with self._gate(), self._engine.begin() as conn:
                 for start in range(0, len(seqs), 5000):
                     await conn.execute(delete(t).where(t.c.seq.in_(seqs[start : start + 5000])))
         for topic, n in Tally(row[2] for row in rows).items():

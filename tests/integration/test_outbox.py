@@ -1,6 +1,6 @@
 """Several processes of one service on one PostgreSQL database: exactly one relay publishes the
-shared outbox at a time, and another takes over when the leader stops (real Kafka, real
-PostgreSQL; each relay has its own engine and producer, as separate processes would)."""
+shared outbox at a time, and another takes over when the leader stops or its session is ended
+(real Kafka, real PostgreSQL; each relay has its own engine and producer, as separate processes would)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,17 @@ async def test_one_relay_leads_per_database_and_another_takes_over(
         await until(lambda: published(4500))
         assert sum(r.leading for r in relays) == 1
         assert not relays[first].leading
+
+        # The server ends the new leader's session (and with it the lock): the relay sees it at
+        # once, without a round trip of its own, and a relay leads again and publishes the rest.
+        second = next(r for r in relays if r.leading)
+        assert second._leader is not None
+        pid = (await second._leader.get_raw_connection()).driver_connection.get_server_pid()
+        async with engines[0].connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await add(engines[relays.index(second)], topic, 300, "after a kill")
+        await until(lambda: published(4800))
+        assert sum(r.leading for r in relays) == 1
         await asyncio.sleep(0.5)  # room for any stray second copy to arrive
         assert max(seen.values()) == 1, "an event was published twice"
     finally:
