@@ -489,6 +489,13 @@ async def test_auth(db_url: str, db: AsyncEngine, kafka_bootstrap: str) -> None:
         # An LA-wide token learns that a school does not exist.
         await refused(bearer("marks:write"), 404, unknown.urn)
         await refused(bearer("marks:write", la="343"), 404, unknown.urn)
+        # A URN that is not one (FastAPI's own handler behind the lean marks route): 422 with the
+        # field named, and the token is still checked first.
+        for bad in ("12345", "12345678", "1234x6"):
+            errors = assert_errors(await refused(bearer("marks:write"), 422, bad))
+            assert [e["field"] for e in errors] == ["urn"], errors
+            await refused({}, 401, bad)
+            await refused(a.mis("pupils:write"), 403, bad)
 
         # Other endpoints: the roster of another school, care without care:write, a school without admin.
         r = await client.put(
