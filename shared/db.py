@@ -185,8 +185,8 @@ async def lock_pupils(conn: AsyncConnection, upns: Iterable[str]) -> None:
 async def _lock_keys(conn: AsyncConnection, keys: set[int]) -> None:
     """Take the advisory locks ``keys`` in ascending order, in one statement (through asyncpg:
     SQLAlchemy's text statement cost more CPU than the lock itself on the one-mark path)."""
-    driver = await asyncpg_connection(conn)
-    if driver is None or not keys:
+    driver = await asyncpg_connection(conn) if keys else None
+    if driver is None:
         return
     await driver.fetchval(
         "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", sorted(keys)

@@ -213,9 +213,8 @@ class OutboxRelay:
         if self._engine.dialect.name != "postgresql":
             return True
         if self._leader is not None:
-            raw = await self._leader.get_raw_connection()
             try:
-                driver = raw.driver_connection
+                driver = (await self._leader.get_raw_connection()).driver_connection
                 if driver is None or driver.is_closed():
                     raise ConnectionError("the relay's session was closed by the server")
                 if time.monotonic() >= self._lead_checked + self._rescan:
