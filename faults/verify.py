@@ -114,7 +114,7 @@ async def _lag(bootstrap: str) -> int:
 
 
 async def _pending(urls: dict[str, str]) -> tuple[int, ...]:
-    outboxes = [(await _fetch(u, "SELECT count(*) FROM outbox"))[0][0] for u in urls.values()]
+    outboxes = [(await _fetch(u, "SELECT coalesce(sum(events), 0) FROM outbox"))[0][0] for u in urls.values()]
     deliveries = await _fetch(
         urls["notifications"], "SELECT count(*) FROM deliveries WHERE status = 'pending'"
     )
@@ -251,7 +251,7 @@ async def verify(urls: dict[str, str], bootstrap: str, rx: Receiver, expected: E
     # Stuck: outboxes and the delivery queue.
     stuck = 0
     for u in urls.values():
-        stuck += (await _fetch(u, "SELECT count(*) FROM outbox"))[0][0]
+        stuck += (await _fetch(u, "SELECT coalesce(sum(events), 0) FROM outbox"))[0][0]
     stuck += (
         await _fetch(urls["notifications"], "SELECT count(*) FROM deliveries WHERE status <> 'delivered'")
     )[0][0]

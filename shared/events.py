@@ -111,14 +111,6 @@ def new_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
-def new_traceparents(n: int) -> list[str]:
-    """W3C traceparents for ``n`` events written together: one trace (the request that wrote
-    them), a span id each."""
-    trace = secrets.token_hex(16)
-    spans = os.urandom(8 * n).hex()
-    return [f"00-{trace}-{spans[i : i + 16]}-01" for i in range(0, 16 * n, 16)]
-
-
 # Payload models: the ``data`` of each event type. Consumers validate with these; the AsyncAPI
 # document (docs/asyncapi.json, ``python -m shared.asyncapi``) is written from them.
 

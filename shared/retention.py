@@ -13,7 +13,8 @@ same boundary applies to everything derived per session (rules' and legal's copi
 register, the daily and weekly sums, rules' signals by the day they occurred). "Today" is the
 service's today in the LA's time zone (``ROLLCALL_TODAY`` included).
 
-The other periods are in days from the row's own timestamp, against the real clock: alerts and
+The other periods are in days from the row's own timestamp, against the service's clock (the real
+clock; with ``ROLLCALL_TODAY``, that day at the real time of day, as the rows were stamped): alerts and
 their deliveries (``ROLLCALL_RETENTION_ALERTS_DAYS``, 730), the audit log
 (``ROLLCALL_RETENTION_AUDIT_DAYS``, 2196 ≈ 6 years, as long as the register it reports reads of),
 inbox ids kept to de-duplicate redelivered events (``ROLLCALL_RETENTION_BOOKKEEPING_DAYS``, 30, at
@@ -143,7 +144,10 @@ def purge_worker(rules: Sequence[Rule]) -> Callable[[Any], Coroutine[Any, Any, N
         await asyncio.sleep(min(300.0, settings.purge_interval_seconds))
         while True:
             try:
-                await once(rt.engine, rules, settings, rt.today(), dt.datetime.now(dt.UTC))
+                # The service's clock, which stamped the rows: with ``ROLLCALL_TODAY`` (a demo or a
+                # test stack) that day at the real time of day, so an alert raised "today" is not
+                # taken for one raised years before the real date and purged at once.
+                await once(rt.engine, rules, settings, rt.today(), rt.now())
             except Exception as exc:  # noqa: BLE001 - try again next time
                 log.error("purge_failed", service=settings.service, **error_fields(exc))
             await asyncio.sleep(settings.purge_interval_seconds)
@@ -182,6 +186,8 @@ def main() -> None:
     policy = load_policy(settings.policy_file)
     now = dt.datetime.now(dt.UTC)
     today = settings.today or now.astimezone(policy.zone).date()
+    if settings.today:  # the service's clock (``shared.service.fixed_day_clock``), as the worker's
+        now = dt.datetime.combine(settings.today, now.astimezone(policy.zone).timetz()).astimezone(dt.UTC)
 
     async def go() -> dict[str, int]:
         engine = create_engine(settings.db_url)

@@ -206,7 +206,8 @@ async def read_events(
 
 async def outbox_backlog(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(tables.outbox))).scalar_one())
+        events = func.coalesce(func.sum(tables.outbox.c.events), 0)
+        return int((await conn.execute(select(events))).scalar_one())
 
 
 async def wait_outbox_empty(engine: AsyncEngine, wait_seconds: float = 20) -> None:

@@ -31,6 +31,7 @@ from shared.auth import mint_token
 from shared.db import create_engine
 from shared.inbox import first_time, inbox_table
 from shared.migrate import upgrade
+from shared.outbox import pending_events
 from shared.upn import make_upn
 from tests.conftest import SECRET, bearer
 from tests.integration.ingest_fixtures import (
@@ -909,9 +910,9 @@ async def test_killed_between_commit_and_publish_loses_no_event(
         proc.send_signal(signal.SIGKILL)
         assert await asyncio.to_thread(proc.wait, 10) == -signal.SIGKILL
 
-        o = t.outbox.c
-        pending = await rows(engine, select(o.event_id, o.topic).order_by(o.seq))
-        mark_ids = {r.event_id for r in pending if r.topic == MARKS}
+        async with engine.connect() as conn:
+            pending = await pending_events(conn, t.outbox)  # (topic, key, event id, type, value)
+        mark_ids = {r[2] for r in pending if r[0] == MARKS}
         assert len(mark_ids) == 10
         assert len(pending) == 10 + 2 + 5  # and the school, calendar and 5 pupil events
         assert await read_events(kafka_bootstrap, MARKS, s.owns) == []
@@ -924,7 +925,7 @@ async def test_killed_between_commit_and_publish_loses_no_event(
         for key, event, headers in events:
             assert_envelope(key, event, headers, "mark.recorded")
         registry = await read_events(kafka_bootstrap, REGISTRY, s.owns)
-        assert {e[1]["id"] for e in registry} == {r.event_id for r in pending if r.topic == REGISTRY}
+        assert {e[1]["id"] for e in registry} == {r[2] for r in pending if r[0] == REGISTRY}
         assert len(registry) == 7
         assert await outbox_backlog(engine) == 0
 

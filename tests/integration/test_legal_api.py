@@ -20,7 +20,6 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
 
 from services.legal import projection, worker
 from services.legal import tables as t
@@ -28,6 +27,7 @@ from services.legal.app import create_app
 from shared.codes import lookup
 from shared.events import CloudEvent, new_event
 from shared.migrate import upgrade
+from shared.outbox import pending_events
 from shared.service import Runtime
 from shared.settings import Settings
 from shared.upn import make_upn
@@ -323,8 +323,8 @@ def assert_rule(r: httpx.Response, rule: str, status: int = 409) -> None:
 
 async def outbox(rt: Runtime, type_: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     async with rt.engine.connect() as conn:
-        rows = (await conn.execute(select(t.outbox).order_by(t.outbox.c.seq))).all()
-    found = [(r.key, orjson.loads(r.value)) for r in rows if r.topic == "rollcall.legal.v1"]
+        rows = await pending_events(conn, t.outbox)
+    found = [(key, orjson.loads(value)) for topic, key, _, _, value in rows if topic == "rollcall.legal.v1"]
     return [(k, e) for k, e in found if type_ is None or e["type"] == type_]
 
 

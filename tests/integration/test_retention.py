@@ -16,7 +16,9 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -27,7 +29,8 @@ from services.notifications import tables as notif_t
 from services.rules import tables as rules_t
 from shared.db import create_engine
 from shared.migrate import upgrade
-from shared.retention import purge, rules_of
+from shared.retention import purge, purge_worker, rules_of
+from shared.service import fixed_day_clock
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -269,6 +272,55 @@ async def test_alerts_audit_and_inbox_by_their_own_periods(engines: dict[str, As
     assert await keys(notifications, notif_t.deliveries, "alert_id") == {"kept"}
     assert await keys(notifications, notif_t.inbox, "event_id") == {"e-kept"}
     assert await keys(notifications, notif_t.audit.subjects, "upn") == {"B343200018002"}  # cascaded
+
+
+async def test_the_purge_worker_reads_the_services_clock(engines: dict[str, AsyncEngine]) -> None:
+    """With ``ROLLCALL_TODAY`` (the e2e stack, a demo) rows are stamped by the service's clock, that
+    day at the real time of day: an alert raised just now is kept, however long ago that day is,
+    and one raised 731 days before it is purged (the worker once used the real date: it deleted
+    every alert of a 2024 stack within 15 s of its raising)."""
+    notifications = engines["notifications"]
+    clock = fixed_day_clock(dt.date(2024, 10, 25), ZoneInfo("Europe/London"))
+    rt = SimpleNamespace(
+        settings=settings("notifications", purge_interval_seconds=0.05),
+        engine=notifications,
+        now=clock,
+        today=lambda: clock().astimezone(ZoneInfo("Europe/London")).date(),
+    )
+    rows = [("now", clock()), ("old", clock() - dt.timedelta(days=731))]
+    async with notifications.begin() as conn:
+        await conn.execute(
+            notif_t.alerts.insert(),
+            [
+                {
+                    "id": i,
+                    "signal": "first_day_absence",
+                    "upn": UPN,
+                    "school_urn": "104001",
+                    "recipient": "ao-1",
+                    "reason": "attendance_officer",
+                    "episode": i,
+                    "source_event": i,
+                    "occurred_on": raised.date(),
+                    "raised_at": raised,
+                    "status": "raised",
+                    "first_day": True,
+                    "evidence_url": "http://x",
+                    "detail": {},
+                }
+                for i, raised in rows
+            ],
+        )
+    worker = asyncio.create_task(purge_worker(rules_of("notifications"))(rt))
+    try:
+        async with asyncio.timeout(20):
+            while await keys(notifications, notif_t.alerts, "id") != {"now"}:  # noqa: ASYNC110 - polling
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # several more turns of the worker
+        assert await keys(notifications, notif_t.alerts, "id") == {"now"}
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
 
 
 async def test_the_purge_command(urls: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ import orjson
 
 from services.ingest.marks import SOURCE, _Encoded, _shape, _shape_all
 from services.ingest.schemas import MarkIn
-from shared.events import new_event, new_event_ids, new_traceparents
+from shared.events import new_event, new_event_ids
 
 
 def test_encoded_mark_event_is_orjson_of_the_envelope() -> None:
@@ -67,7 +67,7 @@ def test_bulk_shape_matches_one_by_one() -> None:
     assert _shape_all(good) == [_shape(r) for r in good]
 
 
-def test_bulk_ids_are_time_ordered_version_7_uuids_and_traceparents_share_a_trace() -> None:
+def test_bulk_ids_are_time_ordered_version_7_uuids() -> None:
     before = time.time_ns() // 1_000_000
     ids = new_event_ids(1000)
     after = time.time_ns() // 1_000_000
@@ -82,9 +82,6 @@ def test_bulk_ids_are_time_ordered_version_7_uuids_and_traceparents_share_a_trac
     single = uuid.UUID(new_event("t", "/s", {})["id"])
     assert single.version == 7
     assert single.int >> 80 >= before
-    parents = new_traceparents(3)
-    assert len({p.split("-")[1] for p in parents}) == 1
-    assert len({p.split("-")[2] for p in parents}) == 3
 
 
 def test_a_mark_refuses_what_a_body_refuses() -> None:

@@ -8,13 +8,13 @@ Revises: 0002
 Create Date: 2026-11-23 13:00:00
 """
 
+import orjson
 import sqlalchemy as sa
 from alembic import op
 
 from services.notifications import directory
 from services.notifications import tables as t
-from shared.events import Topic
-from shared.outbox import outbox_records
+from shared.events import Topic, new_traceparent
 
 revision = "0003"
 down_revision = "0002"
@@ -32,8 +32,26 @@ def upgrade() -> None:
         directory.allocation_event(a.upn, a.social_worker, a.early_help)
         for a in bind.execute(sa.select(t.pupil_allocations).order_by(t.pupil_allocations.c.upn))
     ]
-    for start in range(0, len(events), 1000):
-        bind.execute(t.outbox.insert(), outbox_records(Topic.DIRECTORY, events[start : start + 1000]))
+    # The outbox as it was at this revision: a row per event (0005 bundles them).
+    rows = [
+        {
+            "id": e["id"],
+            "topic": Topic.DIRECTORY,
+            "key": key,
+            "type": e["type"],
+            "tp": new_traceparent(),
+            "value": orjson.dumps(e),
+        }
+        for key, e in events
+    ]
+    if rows:
+        bind.execute(
+            sa.text(
+                "INSERT INTO outbox (event_id, topic, key, event_type, traceparent, value) "
+                "VALUES (:id, :topic, :key, :type, :tp, :value)"
+            ),
+            rows,
+        )
 
 
 def downgrade() -> None:
