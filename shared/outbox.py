@@ -291,6 +291,8 @@ class OutboxRelay:
         max_backlog: int = 0,
         gate: Gate = contextlib.nullcontext,
         vacuum_every: int = 50_000,
+        backlog_seconds: float = 0.05,
+        stall_seconds: float = 2.0,
     ) -> None:
         self._engine = engine
         self._gate = gate  # around the deletes: on SQLite they go before a bulk consumer's next write
@@ -315,6 +317,14 @@ class OutboxRelay:
         self._deleted = 0  # events deleted since the last VACUUM was started
         self._vacuum: asyncio.Task[None] | None = None
         self.vacuums = 0  # VACUUMs completed (tests read it)
+        # A process that does not lead: the shared backlog as last read (see ``room``).
+        self._backlog_seconds = backlog_seconds
+        self._stall_seconds = stall_seconds
+        self._backlog_lock = asyncio.Lock()
+        self._backlog_read_at = -backlog_seconds
+        self._backlog = 0
+        self._oldest: int | None = None
+        self._oldest_since = time.monotonic()
         self.healthy = False
 
     @property
@@ -371,28 +381,55 @@ class OutboxRelay:
         self._wake.set()
 
     async def room(self, wait_seconds: float = 5.0) -> None:
-        """Backpressure: while more than ``max_backlog`` events this process committed are still
-        unpublished, wait (up to ``wait_seconds``) for the relay to catch up.
+        """Backpressure: while more than ``max_backlog`` events are waiting to be published, wait
+        (up to ``wait_seconds``) for the relay to catch up.
 
         Ingest and its relay share one process (one core under the GIL): without this the API
         takes batches faster than the relay publishes them and the backlog grows without bound.
-        Never waits when this relay is not publishing (Kafka down, relay disabled, another
-        process's relay leads): durable first.
+        The leading process counts the events it committed and has not yet seen published. A
+        process that does not lead (several on one PostgreSQL database) reads the whole outbox's
+        backlog (its bundles' event counts: a few rows, at most ``1 / backlog_seconds`` reads a
+        second however many requests wait) and waits while it is over ``max_backlog`` *and* the
+        leader is publishing — the oldest pending bundle changed within ``stall_seconds``. Never
+        waits when nothing is publishing (Kafka down, relay disabled, this relay failing, no
+        leader): durable first.
         """
         deadline = time.monotonic() + wait_seconds
-        while (
-            self._max_backlog
-            and self._pending > self._max_backlog
-            and self.healthy
-            and self.leading
-            and not self._stopping
-        ):
+        while self._max_backlog and not self._stopping:
+            if self.leading:
+                if not (self._pending > self._max_backlog and self.healthy):
+                    return
+            else:
+                backlog, moving = await self._shared_backlog()
+                if backlog <= self._max_backlog or not moving:
+                    return
             left = deadline - time.monotonic()
             if left <= 0:
                 return
+            if not self.leading:
+                await asyncio.sleep(min(left, self._backlog_seconds))
+                continue
             self._published.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._published.wait(), timeout=left)
+
+    async def _shared_backlog(self) -> tuple[int, bool]:
+        """The outbox's pending events and whether its oldest bundle moved within
+        ``stall_seconds`` (someone is publishing), read at most every ``backlog_seconds``."""
+        async with self._backlog_lock:
+            now = time.monotonic()
+            if now >= self._backlog_read_at + self._backlog_seconds:
+                async with autocommit_driver(self._engine) as driver:
+                    if driver is None:  # SQLite: one process, always the leader
+                        return 0, False
+                    backlog, oldest = await driver.fetchrow(
+                        f"SELECT coalesce(sum(events), 0), min(seq) FROM {self._table.name}"  # noqa: S608 - a table name
+                    )
+                self._backlog_read_at = time.monotonic()
+                self._backlog = int(backlog)
+                if oldest != self._oldest:
+                    self._oldest, self._oldest_since = oldest, self._backlog_read_at
+            return self._backlog, now < self._oldest_since + self._stall_seconds
 
     async def publish_once(self) -> int:
         """Publish one batch of pending events in commit order; returns how many were published

@@ -151,3 +151,64 @@ async def test_the_relay_vacuums_the_outbox_it_empties(postgres_url: str, kafka_
         await running
         await producer.stop()
         await engine.dispose()
+
+
+async def test_a_process_that_does_not_lead_waits_for_room_while_the_leader_publishes(
+    postgres_url: str, kafka_bootstrap: str
+) -> None:
+    """Backpressure across processes: a process whose relay does not lead reads the shared
+    backlog and waits while it is over ``max_backlog`` and the leader is publishing; when nobody
+    publishes (the leader stalled) it stops waiting: durable first."""
+    topic = await new_topic(kafka_bootstrap, "test.outbox", 3)
+    engines = [create_async_engine(postgres_url) for _ in range(2)]
+    async with engines[0].begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    producers = [kafka.producer(kafka_bootstrap) for _ in engines]
+    for p in producers:
+        await p.start()
+    leader = OutboxRelay(engines[0], OUTBOX, producers[0], batch=100, max_backlog=500)
+    follower = OutboxRelay(engines[1], OUTBOX, producers[1], max_backlog=500, stall_seconds=60)
+    running: asyncio.Task[None] | None = None
+
+    async def backlog() -> int:
+        async with engines[0].connect() as conn:
+            return int((await conn.execute(select(func.coalesce(func.sum(OUTBOX.c.events), 0)))).scalar_one())
+
+    try:
+        assert await leader._lead()  # holds the relay lock, not yet publishing
+        assert not await follower._lead()
+        for i in range(20):
+            await add(engines[1], topic, 100, f"b{i}")  # 2,000 events in 20 bundles
+        waiting = asyncio.create_task(follower.room(wait_seconds=120))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()  # over max_backlog: the follower waits
+        running = asyncio.create_task(leader.run())
+        async with asyncio.timeout(60):
+            await waiting  # released once the leader has published down to max_backlog
+        assert await backlog() <= 500 + 100  # one bundle may have been read but not yet deleted
+        async with asyncio.timeout(60):
+            while await backlog():  # noqa: ASYNC110 - polling the database
+                await asyncio.sleep(0.05)
+
+        # The leader stops publishing but keeps the lock: the follower waits only until it sees
+        # the oldest bundle has not moved for stall_seconds, then takes the request.
+        leader.stop()
+        await running
+        running = None
+        assert await leader._lead()
+        for i in range(20):
+            await add(engines[1], topic, 100, f"c{i}")
+        stalled = OutboxRelay(engines[1], OUTBOX, producers[1], max_backlog=500, stall_seconds=0.5)
+        async with asyncio.timeout(30):
+            await stalled.room(wait_seconds=120)
+        assert await backlog() == 2000  # nothing was published: it stopped waiting for nothing
+    finally:
+        for r in (leader, follower):
+            r.stop()
+        if running is not None:
+            await running
+        await leader._resign()
+        for p in producers:
+            await p.stop()
+        for e in engines:
+            await e.dispose()
