@@ -119,9 +119,17 @@ class Broker:
         config = self.configure()
         if (self.home / "logs" / "meta.properties").exists():
             return
+        # "--cluster-id=…" in one word: one id in 64 starts with "-", which argparse4j took for an option.
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
-            [*self._java(libs), "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)],
+            [
+                *self._java(libs),
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cid}",
+                "-c",
+                str(config),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
