@@ -79,7 +79,7 @@ def outbox_table(metadata: MetaData) -> Table:
     their CloudEvent JSON joined by line feeds (JSON as orjson writes it never holds a raw line
     feed: every one inside a string is escaped), in order; ``events`` is how many. Issue 8: a
     10,000-mark batch wrote 10,000 rows, each inserted, indexed, read back, deleted and vacuumed —
-    half of PostgreSQL's CPU per mark. As one row (its two large values compressed with lz4 where
+    over a third of PostgreSQL's CPU per mark. As one row (its two large values compressed with lz4 where
     the server has it, migration ``bundle_outbox``) that is ~0.15 instead of ~0.65 CPU s per 100,000
     events, and ingest's own share of writing and reading them halves.
     """

@@ -1,7 +1,7 @@
 """the outbox as bundles: a row holds one transaction's events for a topic (issue 8)
 
 A 10,000-mark batch wrote 10,000 outbox rows, each inserted, indexed, read back, deleted and
-vacuumed: about half of PostgreSQL's CPU per mark. A row now holds a transaction's events for one
+vacuumed: over a third of PostgreSQL's CPU per mark. A row now holds a transaction's events for one
 topic (``shared.outbox.outbox_table``), with its two large values compressed with lz4 where the
 server has it. Every pending event is kept, in order (each becomes a bundle of one); downgrade
 splits the bundles back into a row per event.
