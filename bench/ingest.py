@@ -94,7 +94,7 @@ def parent_pid(pid: int) -> int | None:
         return None
 
 
-_SPAN = "SELECT coalesce(sum(events), 0) FROM outbox"
+_BACKLOG = "SELECT coalesce(sum(events), 0) FROM outbox"
 
 
 class Backlog:
@@ -113,12 +113,12 @@ class Backlog:
 
             def read() -> int:
                 with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as c:
-                    return int(c.execute(_SPAN).fetchone()[0])
+                    return int(c.execute(_BACKLOG).fetchone()[0])
 
             return await asyncio.to_thread(read)
         if self._pg is None:
             self._pg = await asyncpg.connect(self.db_url.replace("postgresql+asyncpg://", "postgresql://"))
-        return int(await self._pg.fetchval(_SPAN))
+        return int(await self._pg.fetchval(_BACKLOG))
 
     async def sample_until(self, done: asyncio.Event) -> None:
         while not done.is_set():

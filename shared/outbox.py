@@ -30,7 +30,7 @@ import contextlib
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -187,9 +187,7 @@ def _unbundle(bind: Connection, bundles: Sequence[Any]) -> None:
     rows = [
         {"event_id": event_id, "topic": topic, "key": key, "event_type": event_type, "tp": tp, "value": value}
         for _seq, topic, tp, meta, joined in bundles
-        for (event_id, key, event_type), value in zip(
-            orjson.loads(meta), bytes(joined).split(b"\n"), strict=True
-        )
+        for (event_id, key, event_type), value in unpack(meta, joined)
     ]
     if rows:
         bind.execute(
@@ -223,6 +221,11 @@ def bundle_rows(topic: str, events: Sequence[Encoded]) -> list[tuple[Any, ...]]:
         meta = orjson.dumps([e[:3] for e in part])
         rows.append((topic, new_traceparent(), value, len(part), meta))
     return rows
+
+
+def unpack(meta: bytes, joined: bytes) -> Iterator[tuple[list[str], bytes]]:
+    """A bundle's events in order, each as ``([id, key, type], CloudEvent JSON)``."""
+    return zip(orjson.loads(meta), bytes(joined).split(b"\n"), strict=True)
 
 
 def outbox_records(topic: str, events: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -268,7 +271,7 @@ async def pending_events(conn: AsyncConnection, table: Table) -> list[tuple[str,
     return [
         (topic, key, event_id, event_type, value)
         for topic, meta, joined in rows
-        for (event_id, key, event_type), value in zip(orjson.loads(meta), joined.split(b"\n"), strict=True)
+        for (event_id, key, event_type), value in unpack(meta, joined)
     ]
 
 
@@ -396,7 +399,8 @@ class OutboxRelay:
         """
         deadline = time.monotonic() + wait_seconds
         while self._max_backlog and not self._stopping:
-            if self.leading:
+            leading = self.leading
+            if leading:
                 if not (self._pending > self._max_backlog and self.healthy):
                     return
             else:
@@ -406,12 +410,12 @@ class OutboxRelay:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if not self.leading:
+            if leading:
+                self._published.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._published.wait(), timeout=left)
+            else:
                 await asyncio.sleep(min(left, self._backlog_seconds))
-                continue
-            self._published.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._published.wait(), timeout=left)
 
     async def _shared_backlog(self) -> tuple[int, bool]:
         """The outbox's pending events and whether its oldest bundle moved within
@@ -550,9 +554,7 @@ class OutboxRelay:
         open_batches: dict[tuple[str, int], Any] = {}
         for _seq, topic, traceparent_text, _events, meta, joined in rows:
             traceparent = traceparent_text.encode()
-            for (event_id, key_text, event_type), value in zip(
-                orjson.loads(meta), bytes(joined).split(b"\n"), strict=True
-            ):
+            for (event_id, key_text, event_type), value in unpack(meta, joined):
                 key = key_text.encode()
                 partition = self._partition_of.get((topic, key_text))
                 if partition is None:
