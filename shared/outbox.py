@@ -315,6 +315,7 @@ class OutboxRelay:
         self._pending = 0  # events this process committed and has not yet seen published
         self._published = asyncio.Event()
         self._leader: AsyncConnection | None = None  # PostgreSQL: the session holding the lock
+        self._leader_driver: Any = None  # its asyncpg connection: knows at once when the server ends it
         self._lead_checked = 0.0  # when the lead was last checked with a round trip
         self._vacuum_every = vacuum_every
         self._deleted = 0  # events deleted since the last VACUUM was started
@@ -332,7 +333,12 @@ class OutboxRelay:
 
     @property
     def leading(self) -> bool:
-        return self._engine.dialect.name != "postgresql" or self._leader is not None
+        """True while this relay holds the lock: false at once when the server ends its session
+        (the asyncpg connection sees the socket close), before the relay's loop next runs."""
+        if self._engine.dialect.name != "postgresql":
+            return True
+        driver = self._leader_driver
+        return self._leader is not None and not (driver is None or driver.is_closed())
 
     async def _lead(self) -> bool:
         """Take (or check we still hold) the relay lock of this outbox table; True if we lead.
@@ -344,8 +350,7 @@ class OutboxRelay:
             return True
         if self._leader is not None:
             try:
-                driver = (await self._leader.get_raw_connection()).driver_connection
-                if driver is None or driver.is_closed():
+                if not self.leading:
                     raise ConnectionError("the relay's session was closed by the server")
                 if time.monotonic() >= self._lead_checked + self._rescan:
                     await self._leader.execute(text("SELECT 1"))
@@ -368,12 +373,13 @@ class OutboxRelay:
             await conn.close()
             return False
         self._leader = conn
+        self._leader_driver = (await conn.get_raw_connection()).driver_connection
         self._lead_checked = time.monotonic()
         log.info("outbox_relay_leading", table=self._table.name)
         return True
 
     async def _resign(self) -> None:
-        conn, self._leader = self._leader, None
+        conn, self._leader, self._leader_driver = self._leader, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.invalidate()  # closing the session releases the advisory lock
