@@ -140,6 +140,9 @@ async def flow(request: pytest.FixtureRequest, tmp_path: Any, kafka_bootstrap: s
         legal_read = bearer("legal:read")
         cases = await poll(legal, "/v1/cases", lambda x: len(x["items"]) == 1, legal_read, upn=a["upn"])
         await poll(legal, "/v1/cases", lambda x: len(x["items"]) == 1, legal_read, upn=b["upn"])
+        # The signal can open the case before legal has read the pupil's record (another topic):
+        # its parents join the case when the record arrives.
+        await poll(legal, f"/v1/cases/{cases['items'][0]['id']}", lambda x: x["parents"], legal_read)
         alerts_read = bearer("alerts:read")
         for p in (a, b):
             await poll(notifications, "/v1/alerts", lambda x: len(x["items"]) >= 4, alerts_read, upn=p["upn"])
