@@ -41,6 +41,26 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def on_loopback_without_tls_choice(url: str) -> bool:
+    """A PostgreSQL URL naming this machine's loopback address, with no ``ssl``/``sslmode`` of its own.
+
+    Such a connection is made without TLS: asyncpg's default (``prefer``) encrypts whenever the
+    server offers it, as Debian's does, and on loopback the bytes never leave the kernel, so
+    encrypting them protects nothing and cost ingest 3–4 % of its CPU (py-spy: asyncio's
+    ``SSLObject`` reading and writing every COPY), and the server as much again. Any other host
+    keeps asyncpg's default; a URL can always choose (``?ssl=require``, ``?ssl=verify-full``).
+    """
+    parsed = make_url(url)
+    return (
+        parsed.get_backend_name() == "postgresql"
+        and parsed.host in _LOOPBACK
+        and not {"ssl", "sslmode"} & set(parsed.query)
+    )
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and IMMEDIATE transactions (DEFERRED
     on a ``reader``).
@@ -72,6 +92,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
+    if on_loopback_without_tls_choice(url):
+        kwargs["connect_args"] = {"ssl": False, **kwargs.get("connect_args", {})}
     engine = create_async_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         event.listen(engine.sync_engine, "checkout", _replace_closed)

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
-from shared.db import create_engine
+from shared.db import create_engine, on_loopback_without_tls_choice
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -34,3 +34,40 @@ async def test_a_connection_the_server_closed_is_replaced_at_checkout(postgres_u
     finally:
         await engine.dispose()
         await admin.dispose()
+
+
+@pytest.mark.parametrize(("query", "tls"), [("", False), ("?ssl=require", True), ("?ssl=prefer", True)])
+async def test_loopback_connections_are_plain_unless_the_url_asks_for_tls(
+    postgres_url: str, query: str, tls: bool
+) -> None:
+    """The test server is on 127.0.0.1 and offers TLS (Debian's does): without an ``ssl`` of its
+    own the URL connects plainly; with one, the URL's choice stands."""
+    assert on_loopback_without_tls_choice(postgres_url)
+    server = create_engine(postgres_url)
+    try:
+        async with server.connect() as conn:
+            offered = (await conn.execute(text("SHOW ssl"))).scalar_one()
+    finally:
+        await server.dispose()
+    if offered != "on":
+        pytest.skip("this PostgreSQL server does not offer TLS")
+    engine = create_engine(postgres_url + query)
+    try:
+        async with engine.connect() as conn:
+            used = (
+                await conn.execute(text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
+            ).scalar_one()
+        assert used is tls
+    finally:
+        await engine.dispose()
+
+
+def test_only_a_loopback_url_without_a_tls_choice_is_made_plain() -> None:
+    plain = on_loopback_without_tls_choice
+    assert plain("postgresql+asyncpg://u:p@127.0.0.1:5432/db")
+    assert plain("postgresql+asyncpg://u:p@localhost/db")
+    assert plain("postgresql+asyncpg://u:p@[::1]:5432/db")
+    assert not plain("postgresql+asyncpg://u:p@db.internal:5432/db")
+    assert not plain("postgresql+asyncpg://u:p@10.0.0.5/db")
+    assert not plain("postgresql+asyncpg://u:p@127.0.0.1/db?sslmode=require")
+    assert not plain("sqlite+aiosqlite:///rollcall.db")
