@@ -33,14 +33,17 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_CHARACTERS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"  # a regex character range
+_CONTROL = re.compile(f"[{_CONTROL_CHARACTERS}]")
+_NOT_PRINTABLE = "must not contain control characters"
+_NOT_ISO_DATE = "must be an ISO 8601 date, YYYY-MM-DD"
 
 
 def printable(value: Any) -> Any:
     """The value, or a ``ValueError`` if any text in it holds a control character."""
     if isinstance(value, str):
         if _CONTROL.search(value):
-            raise ValueError("must not contain control characters")
+            raise ValueError(_NOT_PRINTABLE)
     elif isinstance(value, list | tuple):
         for item in value:
             printable(item)
@@ -76,9 +79,9 @@ _ISO_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}.*")
 
 def _iso_date(value: object) -> object:
     if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
-        raise ValueError("must be an ISO 8601 date, YYYY-MM-DD")
+        raise ValueError(_NOT_ISO_DATE)
     if isinstance(value, int | float):
-        raise ValueError("must be an ISO 8601 date, YYYY-MM-DD")
+        raise ValueError(_NOT_ISO_DATE)
     return value
 
 
@@ -101,7 +104,6 @@ IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_datetime)]
 # validators (one call each per mark). The errors read as the Python validators' do (a date that
 # is not text at all, null say, now reads as one that is not ISO 8601), and the JSON schema is
 # theirs. For the hot path (ingest's ``MarkIn``); elsewhere the plain types serve.
-_NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
 def _value_error(kind: str, message: str, schema: CoreSchema) -> CoreSchema:
@@ -126,8 +128,8 @@ class FastPrintable:
                 core_schema.str_schema(min_length=self.min_length, max_length=self.max_length),
                 _value_error(
                     "control_characters",
-                    "must not contain control characters",
-                    core_schema.str_schema(pattern=_NO_CONTROL),
+                    _NOT_PRINTABLE,
+                    core_schema.str_schema(pattern=f"^[^{_CONTROL_CHARACTERS}]*$"),
                 ),
             ]
         )
@@ -142,8 +144,8 @@ _FAST_ISO_DATE = core_schema.chain_schema(
     [
         _value_error(
             "iso_date",
-            "must be an ISO 8601 date, YYYY-MM-DD",
-            core_schema.str_schema(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", strict=True),
+            _NOT_ISO_DATE,
+            core_schema.str_schema(pattern=f"^{_ISO_DATE.pattern}$", strict=True),
         ),
         core_schema.date_schema(),
     ]
