@@ -88,12 +88,19 @@ class Connections:
 
     httpx costs the client about as much CPU per request as the server spends; on a shared
     2-core machine that would slow the server under test, so requests are pre-framed bytes.
+
+    ``keep_alive=False`` sends each request on a new connection (``Connection: close``), as an
+    MIS posting a register does. With several uvicorn processes on one listening socket, the
+    process whose loop wakes first accepts every connection waiting: connections opened at once
+    and then kept would all go to one process, whereas one opened per request goes to a process
+    that is free to accept it.
     """
 
-    def __init__(self, url: str, size: int) -> None:
+    def __init__(self, url: str, size: int, keep_alive: bool = True) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
+        self.keep_alive = keep_alive
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._slots = asyncio.Semaphore(size)
 
@@ -122,7 +129,8 @@ class Connections:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
     ) -> tuple[int, bytes]:
         try:
-            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            close = b"" if self.keep_alive else b"Connection: close\r\n"
+            writer.write(head + close + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             status_line = await reader.readuntil(b"\r\n")
             length = 0
             keep = True
@@ -140,7 +148,7 @@ class Connections:
         except BaseException:
             writer.close()
             raise
-        if keep:
+        if keep and self.keep_alive:
             self._idle.append((reader, writer, time.monotonic()))
         else:
             writer.close()
@@ -328,7 +336,8 @@ async def run(args: argparse.Namespace) -> Report:
         return await attendance_loop(args.url, args)
     schools = await setup(args.url, args.schools, args.pupils, args.urn_base)
     days = school_days(needed_days(args))
-    pool = Connections(args.url, args.connections)
+    # Batches closed loop: each on a new connection, as each school's MIS would post (see Connections).
+    pool = Connections(args.url, args.connections, keep_alive=args.rate > 0)
     try:
         if args.rate > 0:
             return await open_loop(pool, schools, days, args)

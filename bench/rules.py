@@ -46,7 +46,7 @@ from sqlalchemy import func, select, text
 
 from bench import summary
 from bench.ingest import drop_postgres, fresh_postgres
-from bench.stack import free_port, register_school, school_days, start_service
+from bench.stack import free_port, register_school, school_days, start_processes, start_service
 from borough.generate import Borough
 from deploy.kafka import Broker
 from services.rules import engine, recompute
@@ -409,19 +409,33 @@ async def bench_consume(bootstrap: str, work: Path, pupils: int, days: int) -> d
 
 
 def _rss_mib(pid: int) -> tuple[float, float]:
-    """(current, peak) resident set size of process ``pid`` in MiB (Linux /proc)."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    """(current, peak) resident set size in MiB of process ``pid`` and its children (uvicorn's
+    worker processes, when there are several; Linux /proc)."""
+    rss = peak = 0.0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:  # the process ended meanwhile
+            continue
+        ours = status.parent.name == str(pid) or fields.get("PPid", "").strip() == str(pid)
+        if ours and "VmRSS" in fields:  # (a zombie has none)
+            rss += int(fields["VmRSS"].split()[0]) / 1024
+            peak += int(fields["VmHWM"].split()[0]) / 1024
+    return rss, peak
 
 
 async def bench_attendance(
-    db_url: str, bootstrap: str, work: Path, rate: float, duration: float, warmup: float
+    db_url: str,
+    bootstrap: str,
+    work: Path,
+    rate: float,
+    duration: float,
+    warmup: float,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """GET /v1/pupils/{upn}/attendance at ``rate`` requests/s (open loop, ``bench.load`` in its own
-    process) against rules under uvicorn on the recomputed database, the first ``warmup`` seconds
-    unrecorded; then the process's RSS."""
+    process) against rules under uvicorn (``processes`` worker processes) on the recomputed
+    database, the first ``warmup`` seconds unrecorded; then the service's RSS (all its processes)."""
     db = create_engine(db_url)
     try:
         async with db.connect() as conn:
@@ -430,14 +444,12 @@ async def bench_attendance(
         await db.dispose()
     upns_file = work / "upns.txt"
     upns_file.write_text("\n".join(upns[:20_000]) + "\n", encoding="ascii")
-    rules, base = await start_service(
-        "rules",
-        db_url,
-        bootstrap,
-        ROLLCALL_CONSUMER_GROUP=f"bench-get-{uuid.uuid4().hex[:6]}",
-        ROLLCALL_SCHEDULER_SECONDS="3600",
-        ROLLCALL_TODAY="2025-07-22",
-    )
+    env = {
+        "ROLLCALL_CONSUMER_GROUP": f"bench-get-{uuid.uuid4().hex[:6]}",
+        "ROLLCALL_SCHEDULER_SECONDS": "3600",
+        "ROLLCALL_TODAY": "2025-07-22",
+    }
+    rules, base = await start_processes("rules", db_url, bootstrap, processes, env)
     try:
         loaded_rss = _rss_mib(rules.pid)[0]
         proc = await asyncio.create_subprocess_exec(
@@ -484,6 +496,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--get-duration", type=float, default=30, help="seconds of attendance reads")
     parser.add_argument(
         "--get-warmup", type=float, default=5, help="seconds of reads at the same rate first, unrecorded"
+    )
+    parser.add_argument(
+        "--get-processes", type=int, default=1, help="rules' uvicorn worker processes for the reads"
     )
     parser.add_argument(
         "--postgres",
@@ -534,17 +549,29 @@ def main(argv: list[str] | None = None) -> None:
         if "get" in only and pg_url is not None:
             get = asyncio.run(
                 bench_attendance(
-                    pg_url, broker.bootstrap, work, args.get_rate, args.get_duration, args.get_warmup
+                    pg_url,
+                    broker.bootstrap,
+                    work,
+                    args.get_rate,
+                    args.get_duration,
+                    args.get_warmup,
+                    args.get_processes,
                 )
             )
-            report_attendance(get, args.get_rate, "PostgreSQL")
+            report_attendance(get, args.get_rate, "PostgreSQL", args.get_processes)
         elif "get" in only:
             get = asyncio.run(
                 bench_attendance(
-                    rules_url, broker.bootstrap, work, args.get_rate, args.get_duration, args.get_warmup
+                    rules_url,
+                    broker.bootstrap,
+                    work,
+                    args.get_rate,
+                    args.get_duration,
+                    args.get_warmup,
+                    args.get_processes,
                 )
             )
-            report_attendance(get, args.get_rate, "SQLite")
+            report_attendance(get, args.get_rate, "SQLite", args.get_processes)
         if "consume" in only:
             con = asyncio.run(bench_consume(broker.bootstrap, work, args.consume_pupils, args.consume_days))
             print(
@@ -585,16 +612,18 @@ def report_recompute(rec: dict[str, float], source: str, workers: int, backend: 
     print(f"  (database prepared in {rec['fill_s']:.1f} s)", flush=True)
 
 
-def report_attendance(get: dict[str, Any], rate: float, backend: str) -> None:
+def report_attendance(get: dict[str, Any], rate: float, backend: str, processes: int = 1) -> None:
     lat_ms = get["latency_ms"]
+    how = "" if processes == 1 else f", {processes} rules processes"
     print(
-        f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s over {get['pupils']} enrolments ({backend}, "
+        f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s over {get['pupils']} enrolments ({backend}{how}, "
         f"after {get['warmup_s']:g} s of warm-up): {get['requests']} ok, {get['errors']} errors, "
         f"p50 {lat_ms['p50']:.1f} ms, p99 {lat_ms['p99']:.1f} ms, max {lat_ms['max']:.1f} ms",
         flush=True,
     )
     print(
-        f"rules RSS with the database loaded: {get['rss_loaded_mib']:.0f} MiB at start, "
+        f"rules RSS{'' if processes == 1 else ' (all its processes)'} with the database loaded: "
+        f"{get['rss_loaded_mib']:.0f} MiB at start, "
         f"{get['rss_mib']:.0f} MiB after the reads (peak {get['rss_peak_mib']:.0f} MiB)",
         flush=True,
     )
@@ -602,6 +631,7 @@ def report_attendance(get: dict[str, Any], rate: float, backend: str) -> None:
         f"GET /v1/pupils/{{upn}}/attendance at {rate:g}/s",
         "p99 < 20 ms",
         f"p50 {lat_ms['p50']:.1f} ms, p99 {lat_ms['p99']:.1f} ms "
-        f"({get['pupils']} enrolments, {backend}, after {get['warmup_s']:g} s warm-up)",
+        f"({get['pupils']} enrolments, {backend}{how}, after {get['warmup_s']:g} s warm-up)",
     )
-    summary.add("rules RSS, borough loaded", "< 1 GiB", f"{get['rss_peak_mib']:.0f} MiB peak")
+    each = "" if processes == 1 else f" (the sum of {processes} processes)"
+    summary.add("rules RSS, borough loaded", "< 1 GiB", f"{get['rss_peak_mib']:.0f} MiB peak{each}")

@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest import marks as ingest_marks
 from services.ingest import tables as t
 from shared.auth import mint_token
 from shared.db import create_engine
@@ -1080,3 +1081,49 @@ async def test_large_batch_is_copied_and_amended_in_bulk(
         assert len(events) == 730
         amended = [e for _, e, _ in events if e["type"] == "mark.amended"]
         assert {(e["data"]["code"], e["data"]["previous_code"]) for e in amended} == {("N", "/")}
+
+
+@pytest.mark.parametrize("roll_lookup", [0, 1_000_000], ids=["by-school", "by-key"])
+async def test_roll_and_exact_key_look_ups_give_the_same_answers(
+    db_url: str, db: AsyncEngine, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, roll_lookup: int
+) -> None:
+    """On PostgreSQL a school with more than ``ROLL_LOOKUP`` pupils in a transaction has its roll and
+    its register over the batch's dates read by school, the rest by exact key: forced each way, a
+    resent register, an amendment, a pupil off the roll (never on it, or left) and a mark of a
+    school's other day must come out the same, on the direct path and the group-commit path."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one way of looking up (by pupil)")
+    monkeypatch.setattr(ingest_marks, "ROLL_LOOKUP", roll_lookup)
+    a, b = School.new(), School.new()
+    days = ["2024-09-03", "2024-09-04", "2024-09-05", "2024-09-06", "2024-09-09"]
+    async with ingest_client(db_url, kafka_bootstrap) as client:
+        await setup_school(client, a.urn, [a.pupil(i) for i in range(1, 61)])
+        await setup_school(client, b.urn, [b.pupil(1), b.pupil(2, leaving_date="2024-09-04")])
+        batch = [a.mark(i, d, ses, "/") for i in range(1, 61) for d in days for ses in ("AM", "PM")]
+        r = await client.post(a.marks_path, json={"marks": batch}, headers=a.mis())
+        assert r.json() == {"accepted": 600, "amended": 0, "unchanged": 0, "rejected": []}, r.text
+        again = [dict(m, code="N") if k % 100 == 0 else m for k, m in enumerate(batch)]  # 6 amended
+        again += [a.mark(99, "2024-09-03", "AM", "/"), a.mark(1, "2024-09-10", "AM", "L")]  # off roll; new
+        r = await client.post(a.marks_path, json={"marks": again}, headers=a.mis())
+        result = r.json()
+        assert (result["accepted"], result["amended"], result["unchanged"]) == (1, 6, 594), r.text
+        assert [x["index"] for x in result["rejected"]] == [600]
+        # Small requests together (one group transaction): b's pupils by key or by school alike.
+        posts = [
+            (b, [b.mark(1, "2024-09-03", "AM", "/")]),
+            (b, [b.mark(2, "2024-09-04", "AM", "/")]),
+            (b, [b.mark(2, "2024-09-05", "AM", "/")]),  # left the day before
+            (a, [a.mark(1, "2024-09-03", "AM", "N")]),  # as stored: unchanged
+            (a, [a.mark(2, "2024-09-03", "PM", "U")]),  # amends
+        ]
+        answers = await asyncio.gather(
+            *(client.post(s.marks_path, json={"marks": m}, headers=s.mis()) for s, m in posts)
+        )
+        got = [(x.json()["accepted"], x.json()["amended"], x.json()["unchanged"], len(x.json()["rejected"]))
+               for x in answers]  # fmt: skip
+        assert got == [(1, 0, 0, 0), (1, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 0), (0, 1, 0, 0)], got
+    stored = {(m[0], m[1], m[2]): m[3] for m in await register(db, a.urn)}
+    assert len(stored) == 601
+    assert stored[(a.upn(1), "2024-09-03", "AM")] == "N"
+    assert stored[(a.upn(2), "2024-09-03", "PM")] == "U"
+    assert len(await rows(db, select(t.mark_history).where(t.mark_history.c.school_urn == a.urn))) == 7
