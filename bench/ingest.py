@@ -146,7 +146,14 @@ async def load(base: str, *argv: str) -> dict[str, Any]:
 
 
 async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
+    # --relay-process: an ingest process that takes no requests, started first so that its relay
+    # leads (one relay per database) and the processes serving HTTP only follow (and wait for room).
+    relay = await start_processes("ingest", db_url, bootstrap, 1, {}) if args.relay_process else None
     proc, base = await start_processes("ingest", db_url, bootstrap, args.processes, {})
+
+    def ingest_cpu() -> float:
+        return cpu_seconds(proc.pid) + (cpu_seconds(relay[0].pid) if relay else 0.0)
+
     backlog = Backlog(db_url)
     server = await postmaster_pid(db_url) if db_url.startswith("postgresql") else None
     try:
@@ -159,24 +166,24 @@ async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> 
             base, "--mode", "single", "--rate", str(args.single_rate), "--duration", "3",
             "--schools", "20", "--pupils", "200", "--urn-base", "165000", "--connections", "512",
         )  # fmt: skip
-        cpu1 = cpu_seconds(proc.pid)
+        cpu1 = ingest_cpu()
         single = await load(
             base, "--mode", "single", "--rate", str(args.single_rate),
             "--duration", str(args.single_duration), "--schools", "20", "--pupils", "200",
             "--urn-base", "160000", "--connections", "512",
         )  # fmt: skip
-        single_cpu = cpu_seconds(proc.pid) - cpu1
+        single_cpu = ingest_cpu() - cpu1
         before = await end_offsets(bootstrap)
         done = asyncio.Event()
         sampler = asyncio.create_task(backlog.sample_until(done))
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0 = ingest_cpu()
         db_cpu0 = cpu_seconds(server, reaped=True) if server else 0.0
         batch = await load(
             base, "--mode", "batch", "--rate", "0", "--duration", str(args.duration),
             "--batch-size", str(args.batch_size), "--schools", str(args.schools),
             "--pupils", str(args.pupils), "--urn-base", "150000",
         )  # fmt: skip
-        cpu = cpu_seconds(proc.pid) - cpu0
+        cpu = ingest_cpu() - cpu0
         db_cpu = cpu_seconds(server, reaped=True) - db_cpu0 if server else None
         deadline = time.time() + 900
         while await end_offsets(bootstrap) - before < batch["marks"]:
@@ -190,8 +197,10 @@ async def run_backend(db_url: str, bootstrap: str, args: argparse.Namespace) -> 
         max_backlog = max((n for t, n in backlog.samples if t >= started), default=0)
     finally:
         await backlog.close()
-        proc.terminate()
-        proc.wait(timeout=60)
+        for running in (proc, relay[0] if relay else None):
+            if running is not None:
+                running.terminate()
+                running.wait(timeout=60)
     return {
         "batch": batch,
         "single": single,
@@ -247,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-duration", type=float, default=20)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--processes", type=int, default=1, help="ingest's uvicorn worker processes")
+    parser.add_argument(
+        "--relay-process",
+        action="store_true",
+        help="and one more ingest process, taking no requests, whose relay publishes (it leads)",
+    )
     args = parser.parse_args(argv)
     if args.sustained:
         args.duration, args.schools, args.pupils = 300.0, 8, 5000
@@ -282,7 +296,9 @@ def print_table(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
         f"\ningest — {os.cpu_count()} cores (os.cpu_count(), shared with Kafka, the database and the "
         f"load generator); batch: {args.schools} schools × {args.batch_size:,}-mark batches, closed "
         f"loop, {args.duration:g} s{' (sustained)' if args.sustained else ''}; single: one mark per "
-        f"POST, open loop at {args.single_rate:g}/s for {args.single_duration:g} s"
+        f"POST, open loop at {args.single_rate:g}/s for {args.single_duration:g} s; ingest: "
+        f"{args.processes} process{'es' if args.processes > 1 else ''}"
+        f"{' + a relay process' if args.relay_process else ''}"
     )
     head = (
         f"{'database':<11}{'durable/s':>10}{'published/s':>12}{'max backlog':>12}{'batch p50':>10}"
