@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,8 +280,9 @@ async def school_calendars(conn: AsyncConnection, urns: list[str]) -> dict[str, 
 
 
 ROLL_LOOKUP = 64
-"""On PostgreSQL, a school with more pupils than this in one transaction has its whole roll (and
-its register over the batch's dates) read by school, the rest of the batch by exact key.
+"""On PostgreSQL, a school with more pupils than this in one transaction has its whole roll read
+by school, and one with more marks than this its register between the batch's first and last
+date; the rest of the transaction is looked up by exact key.
 
 Measured on a 5,000-pupil school (`/tmp` harness, stop 21): a 5,000-element ``upn = ANY($2)``
 array cost ~4.5 ms just to send and plan, the enrolments of a whole-school batch 13–24 ms that
@@ -288,7 +290,9 @@ way against 6–8 ms by school; and once PostgreSQL switched the prepared statem
 plan (after five executions) the register look-up of a resent day took 200 ms (250 pupils) to
 4 s (5,000 pupils) instead of 4–35 ms. Exact keys (``unnest`` of key arrays joined on the primary
 key) plan the same for any values — a nested loop of index probes, 0.2 ms for one mark, 3.5 ms for
-500 — but hash the whole table past a few thousand keys, hence the roll read for big batches."""
+500 — but a few thousand keys plan as a hash join over the whole table, hence reads by school for
+big batches (a small school's 10,000-mark backfill included: its register over those dates is
+about the batch's own marks)."""
 
 
 def _by_school(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str], list[str]]:
@@ -372,8 +376,8 @@ async def _load_existing(conn: AsyncConnection, keys: set[MarkKey]) -> Existing:
     existing: Existing = {}
     driver = await asyncpg_connection(conn)
     if driver is not None:
-        whole, _, _ = _by_school((k[0], k[1]) for k in keys)
-        big = set(whole)
+        per_school = Counter(k[0] for k in keys)
+        big = {urn for urn, marks in per_school.items() if marks > ROLL_LOOKUP}
         span: dict[str, tuple[dt.date, dt.date]] = {}
         exact: list[MarkKey] = []
         for key in keys:

@@ -1087,8 +1087,8 @@ async def test_large_batch_is_copied_and_amended_in_bulk(
 async def test_roll_and_exact_key_look_ups_give_the_same_answers(
     db_url: str, db: AsyncEngine, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, roll_lookup: int
 ) -> None:
-    """On PostgreSQL a school with more than ``ROLL_LOOKUP`` pupils in a transaction has its roll and
-    its register over the batch's dates read by school, the rest by exact key: forced each way, a
+    """On PostgreSQL a school with more than ``ROLL_LOOKUP`` pupils (marks) in a transaction has its
+    roll (its register over the batch's dates) read by school, the rest by exact key: forced each way, a
     resent register, an amendment, a pupil off the roll (never on it, or left) and a mark of a
     school's other day must come out the same, on the direct path and the group-commit path."""
     if not db_url.startswith("postgresql"):
