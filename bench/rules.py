@@ -546,10 +546,10 @@ def main(argv: list[str] | None = None) -> None:
                 asyncio.run(fill_rules_db(pg_url or rules_url, args.seed, args.db_scale))
             else:
                 asyncio.run(reuse_rules_db(args.db, work / "rules.db"))
-        if "get" in only and pg_url is not None:
+        if "get" in only:
             get = asyncio.run(
                 bench_attendance(
-                    pg_url,
+                    pg_url or rules_url,
                     broker.bootstrap,
                     work,
                     args.get_rate,
@@ -558,20 +558,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.get_processes,
                 )
             )
-            report_attendance(get, args.get_rate, "PostgreSQL", args.get_processes)
-        elif "get" in only:
-            get = asyncio.run(
-                bench_attendance(
-                    rules_url,
-                    broker.bootstrap,
-                    work,
-                    args.get_rate,
-                    args.get_duration,
-                    args.get_warmup,
-                    args.get_processes,
-                )
-            )
-            report_attendance(get, args.get_rate, "SQLite", args.get_processes)
+            report_attendance(get, args.get_rate, "PostgreSQL" if pg_url else "SQLite", args.get_processes)
         if "consume" in only:
             con = asyncio.run(bench_consume(broker.bootstrap, work, args.consume_pupils, args.consume_days))
             print(
