@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -88,6 +89,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             # A reader's transaction (``reader``) is DEFERRED: a snapshot, no write lock.
             read_only = conn.get_execution_options().get(READ_ONLY, False)
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            # What ``untouched_sqlite_file`` compares with: rows changed by this connection so far.
+            conn.info[_CHANGES_AT_BEGIN] = None if read_only else _sqlite_changes(conn)
 
         return engine
     kwargs.setdefault("pool_size", 10)
@@ -125,6 +128,42 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     if engine.dialect.name != "sqlite":
         options["postgresql_readonly"] = True
     return engine.execution_options(**options)
+
+
+_CHANGES_AT_BEGIN = "rollcall_changes_at_begin"
+
+
+def _sqlite_changes(conn: Connection) -> int:
+    """Rows inserted, updated or deleted through this SQLite connection since it opened."""
+    changes = conn.connection.driver_connection.total_changes  # type: ignore[union-attr]
+    assert isinstance(changes, int)
+    return changes
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).absolute())  # no I/O: the working directory joined with a relative path
+
+
+async def untouched_sqlite_file(conn: AsyncConnection) -> str | None:
+    """The database file of ``conn`` if it is a SQLite write transaction that has changed nothing
+    yet; otherwise None (PostgreSQL, an in-memory database, a ``reader``, a transaction that wrote).
+
+    Such a transaction holds the database's write lock from its BEGIN IMMEDIATE to its end, so no
+    other transaction commits meanwhile: until it writes, any other connection to the file (in
+    another process too) reads exactly what it would read itself. A whole-borough recompute has its
+    pool's worker processes read the registers this way (``recompute.recompute``). After a write
+    the transaction sees its own uncommitted rows and nobody else does, so this answers None.
+    """
+    if conn.dialect.name != "sqlite":
+        return None
+    url = conn.engine.url
+    if not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    raw = await conn.get_raw_connection()
+    at_begin = raw.info.get(_CHANGES_AT_BEGIN)
+    if at_begin is None or raw.driver_connection.total_changes != at_begin:  # type: ignore[union-attr]
+        return None
+    return _absolute(url.database)
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import groupby
 from typing import Any
+from urllib.parse import quote
 
 import orjson
-from sqlalchemy import Text, bindparam, cast, delete, func, or_, select
+import sqlalchemy
+from sqlalchemy import Engine, Text, bindparam, cast, delete, event, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.rules import engine
@@ -39,6 +41,7 @@ from shared.db import (
     lock_pupils,
     offline_dialect,
     plain_insert,
+    untouched_sqlite_file,
     upsert,
     upsert_statement,
 )
@@ -86,16 +89,24 @@ class CalendarCache:
             {u for u in urns if u not in self.by_school or now - self.loaded_at[u] > self.ttl_seconds}
         )
         if missing:
-            rows = await conn.execute(select(t.calendars).where(t.calendars.c.school_urn.in_(missing)))
-            found: dict[str, list[tuple[str, Any, Any]]] = defaultdict(list)
-            for r in rows:
-                found[r.school_urn].append((r.year, r.terms, r.closed))
-            for urn in missing:
-                spec = orjson.dumps(sorted(found.get(urn, []), key=lambda row: row[0]))
+            rows = await conn.execute(_calendars_query(missing))
+            for urn, spec in calendar_specs(rows, missing).items():
                 self.by_school[urn] = calendars_from_spec(spec)
                 self.specs[urn] = spec
                 self.loaded_at[urn] = now
         return {u: self.by_school[u] for u in urns}
+
+
+def _calendars_query(urns: list[str]) -> Any:
+    return select(t.calendars).where(t.calendars.c.school_urn.in_(urns))
+
+
+def calendar_specs(rows: Iterable[Any], urns: Iterable[str]) -> dict[str, bytes]:
+    """Each of ``urns``' calendar rows as JSON, ``[[year, terms, closed], …]`` (``calendars_from_spec``)."""
+    found: dict[str, list[tuple[str, Any, Any]]] = defaultdict(list)
+    for r in rows:
+        found[r.school_urn].append((r.year, r.terms, r.closed))
+    return {urn: orjson.dumps(sorted(found.get(urn, []), key=lambda row: row[0])) for urn in urns}
 
 
 @lru_cache(maxsize=1024)
@@ -168,6 +179,11 @@ async def load_raw(
     for start in range(0, len(upns), _CHUNK):
         rows += await conn.execute(query, {"upns": upns[start : start + _CHUNK]})
     calendars = await cache.get(conn, {row.school_urn for row in rows})
+    return raw_pupils(rows), calendars
+
+
+def raw_pupils(rows: list[Any]) -> list[RawPupil]:
+    """``_pupils_query``'s rows (ordered by pupil) as one ``RawPupil`` each."""
     raws: list[RawPupil] = []
     for upn, group in groupby(rows, key=lambda row: row.upn):
         enrolments = list(group)
@@ -188,7 +204,7 @@ async def load_raw(
                 tuple((y.school_urn, y.admission_date, y.leaving_date, y[-1] or "{}") for y in enrolments),
             )
         )
-    return raws, calendars
+    return raws
 
 
 def pupil_input(raw: RawPupil, calendars: dict[str, Calendars]) -> engine.PupilInput:
@@ -424,12 +440,17 @@ async def load_stored(conn: AsyncConnection, upns: list[str]) -> Stored:
     """The stored episodes of ``upns`` (episodes are per pupil)."""
     stored: Stored = defaultdict(dict)
     for start in range(0, len(upns), _CHUNK):
-        rows = await conn.execute(
-            select(t.episodes).where(t.episodes.c.upn.in_(upns[start : start + _CHUNK]))
-        )
-        for r in rows:
-            stored[r.upn][r.key] = dict(r._mapping)
+        add_stored(stored, await conn.execute(_episodes_query(upns[start : start + _CHUNK])))
     return stored
+
+
+def _episodes_query(upns: list[str]) -> Any:
+    return select(t.episodes).where(t.episodes.c.upn.in_(upns))
+
+
+def add_stored(stored: Stored, rows: Iterable[Any]) -> None:
+    for r in rows:
+        stored[r.upn][r.key] = dict(r._mapping)
 
 
 def _assess_in_worker(
@@ -445,6 +466,70 @@ def _assess_in_worker(
     sent as their rows (see CalendarCache)."""
     calendars = {urn: calendars_from_spec(spec) for urn, spec in specs.items()}
     return bind_writes(assess_and_diff(raws, calendars, stored, policy, today, now), dialect)
+
+
+def _assessed(
+    pupils: int,
+    raws: list[RawPupil],
+    specs: dict[str, bytes],
+    stored: Stored,
+    policy: Policy,
+    today: dt.date,
+    now: dt.datetime,
+    dialect: str,
+) -> tuple[int, BoundWrites]:
+    """``_assess_in_worker``, with the count of pupils (as ``_read_and_assess_in_worker`` answers)."""
+    return pupils, _assess_in_worker(raws, specs, stored, policy, today, now, dialect)
+
+
+_READERS: dict[str, Engine] = {}  # in a pool process: a read-only engine per SQLite file
+
+
+def _reader(path: str) -> Engine:
+    """A read-only engine on the SQLite file ``path`` (made once per pool process): transactions
+    are opened and ended by hand (``_read_part``), each a WAL snapshot that never takes a lock."""
+    found = _READERS.get(path)
+    if found is None:
+        if len(_READERS) >= 4:  # a process serves one database; tests make many
+            for stale in _READERS.values():
+                stale.dispose()
+            _READERS.clear()
+        found = sqlalchemy.create_engine(
+            f"sqlite:///file:{quote(path)}?mode=ro&uri=true", json_deserializer=orjson.loads
+        )
+
+        @event.listens_for(found, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # BEGIN and ROLLBACK by hand
+            dbapi_connection.execute("PRAGMA busy_timeout=30000")
+
+        _READERS[path] = found
+    return found
+
+
+def _read_part(path: str, upns: list[str]) -> tuple[list[RawPupil], dict[str, bytes], Stored]:
+    """``upns``' registry, registers, schools' calendars (as specs) and stored episodes, read from
+    the SQLite file ``path`` in one snapshot (see ``untouched_sqlite_file``)."""
+    with _reader(path).connect() as c:
+        c.exec_driver_sql("BEGIN")
+        try:
+            rows = list(c.execute(_pupils_query("sqlite"), {"upns": upns}))
+            urns = sorted({row.school_urn for row in rows})
+            specs = calendar_specs(c.execute(_calendars_query(urns)), urns)
+            stored: Stored = defaultdict(dict)
+            add_stored(stored, c.execute(_episodes_query(upns)))
+        finally:
+            c.exec_driver_sql("ROLLBACK")
+    return raw_pupils(rows), specs, stored
+
+
+def _read_and_assess_in_worker(
+    path: str, upns: list[str], policy: Policy, today: dt.date, now: dt.datetime
+) -> tuple[int, BoundWrites]:
+    """``_assess_in_worker`` on pupils this worker reads itself (``_read_part``): how many were
+    found (those whose registry record has arrived), and their bound rows."""
+    raws, specs, stored = _read_part(path, upns)
+    return len(raws), _assess_in_worker(raws, specs, stored, policy, today, now, "sqlite")
 
 
 def assessor_processes(workers: int) -> ProcessPoolExecutor:
@@ -486,8 +571,11 @@ async def recompute(
 
     With a ``pool`` (worker processes, ``worker.assessor_pool``) and at least
     ``PARALLEL_MIN_PUPILS`` pupils, the pure part — engine, diff, rows — is split across the
-    pool's workers while this process only reads and writes the database, inside the same
-    transaction: the result is the same, on every core."""
+    pool's workers while this process reads and writes the database, inside the same transaction:
+    the result is the same, on every core. On SQLite, when this transaction has written nothing
+    yet (a scheduler tick, a whole-borough recompute; not a consumer's batch, which applies its
+    marks first), the workers read their pupils too, each from its own connection to the file
+    (``untouched_sqlite_file``), and this process only writes."""
     wanted = sorted(set(upns))
     await lock_pupils(conn, wanted)
     if pool is None or len(wanted) < PARALLEL_MIN_PUPILS:
@@ -505,27 +593,39 @@ async def recompute(
         writes = await asyncio.to_thread(assess) if len(raws) >= THREAD_MIN_PUPILS else assess()
         await _store(conn, writes)
         return Outcome(pupils=len(raws), signals=len(writes.signals.params))
-    # Read every part while the workers assess the first ones, then store each part's rows as it
-    # comes back while the workers assess the next (all in this transaction, parts in order).
     loop = asyncio.get_running_loop()
-    futures = []
+    parts = [wanted[start : start + _PART] for start in range(0, len(wanted), _PART)]
+    futures: list[asyncio.Future[tuple[int, BoundWrites]]] = []
     outcome = Outcome()
-    for start in range(0, len(wanted), _PART):
-        raws, _ = await load_raw(conn, wanted[start : start + _PART], cache)
-        if not raws:
-            continue
-        stored = await load_stored(conn, [r.upn for r in raws])
-        specs = {urn: cache.specs[urn] for urn in {e[0] for r in raws for e in r.enrolments}}
-        futures.append(
-            loop.run_in_executor(
-                pool, _assess_in_worker, raws, specs, stored, policy, today, now, conn.dialect.name
+    path = await untouched_sqlite_file(conn)
+    if path is not None:
+        # SQLite, nothing written yet in this transaction: the workers read their parts themselves
+        # (what this transaction would read, see ``untouched_sqlite_file``), so this process only
+        # writes. Reading the registers was most of its time, and it set the whole recompute's.
+        futures = [
+            loop.run_in_executor(pool, _read_and_assess_in_worker, path, part, policy, today, now)
+            for part in parts
+        ]
+    else:
+        # Read every part while the workers assess the first ones (all in this transaction).
+        dialect = conn.dialect.name
+        for part in parts:
+            raws, _ = await load_raw(conn, part, cache)
+            if not raws:
+                continue
+            stored = await load_stored(conn, [r.upn for r in raws])
+            specs = {urn: cache.specs[urn] for urn in {e[0] for r in raws for e in r.enrolments}}
+            futures.append(
+                loop.run_in_executor(
+                    pool, _assessed, len(raws), raws, specs, stored, policy, today, now, dialect
+                )
             )
-        )
-        outcome.pupils += len(raws)
+    # Store each part's rows as it comes back while the workers assess the next (parts in order).
     try:
         for future in futures:
-            writes = await future
+            pupils, writes = await future
             await _store(conn, writes)
+            outcome.pupils += pupils
             outcome.signals += len(writes.signals.params)
     finally:
         for future in futures:

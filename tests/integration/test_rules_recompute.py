@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bench.rules import fill_rules_db
 from services.rules import engine, recompute
@@ -92,3 +92,34 @@ async def test_bulk_recompute_in_process_and_in_a_pool_agree(
     first = next(a for a in inline["assessments"] if a["upn"] == sample.upn)
     assessed = engine.assess(sample, load_policy(), TODAY, NOW)
     assert first["possible"] == assessed[0].measures.sessions.possible
+
+
+async def test_a_pooled_recompute_after_a_write_reads_what_its_transaction_wrote(
+    make_url: Callable[[str], Awaitable[str]],
+) -> None:
+    """A consumer's batch writes the register and then recomputes in the same transaction: the
+    uncommitted marks must be what the pool assesses (no worker may read the file behind it)."""
+    url = await make_url("written")
+    upns, _ = await fill_rules_db(url, 11, SCALE)
+    pupil = upns[len(upns) // 3]
+    db = create_engine(url)
+    pool = recompute.assessor_processes(2)
+    try:
+        async with db.begin() as conn:
+            # Every mark of one pupil becomes an unauthorised absence, uncommitted.
+            await conn.execute(
+                update(t.register).where(t.register.c.upn == pupil).values(code="O", category="unauthorised")
+            )
+            outcome = await recompute.recompute(
+                conn, upns, load_policy(), recompute.CalendarCache(), TODAY, NOW, pool=pool
+            )
+            assert outcome.pupils == len(upns)
+            rows = (await conn.execute(select(t.assessments).where(t.assessments.c.upn == pupil))).all()
+    finally:
+        pool.shutdown()
+        await db.dispose()
+    assert rows
+    for row in rows:
+        assert row.possible > 0
+        assert (row.present, row.aea, row.authorised) == (0, 0, 0)
+        assert row.unauthorised == row.possible
