@@ -10,8 +10,9 @@ consumption rate, attendance reads under load and the service's memory.
   new, every signal raised), then again with nothing changed (the diff only). The database is a
   borough loaded straight into a fresh one (``--db-scale``), or a copy of an existing rules
   database (``--db``, e.g. the dashboard benchmark's whole borough) with its computed tables
-  emptied. ``--workers N`` assesses in N worker processes. With ``--postgres`` it is a fresh
-  PostgreSQL database of the ``--db-scale`` borough instead (``ROLLCALL_BENCH_POSTGRES_URL``).
+  emptied. ``--workers N`` assesses in N worker processes (on SQLite they read their pupils
+  too). With ``--postgres`` it is a fresh PostgreSQL database of the ``--db-scale`` borough
+  instead (``ROLLCALL_BENCH_POSTGRES_URL``).
 * **attendance reads**: ``GET /v1/pupils/{upn}/attendance`` at ``--get-rate`` requests/s, open
   loop from ``bench.load --mode attendance`` in its own process, against rules under uvicorn on
   that recomputed database; then the rules process's resident memory (current and peak). With
