@@ -20,9 +20,10 @@ class RulesSettings(Settings):
     # while marks arrive (pages never wait for a whole-borough sum).
     figures_max_age_seconds: float = Field(default=30.0, gt=0)
     # Worker processes for the pure part of large recomputes (the engine and the diff): a batch of
-    # marks touching hundreds of pupils, the scheduler's tick. 0 or 1 (the default): everything in
-    # the service's own process. Worth setting to the core count only where the cores are the
-    # service's own: on the shared 2-core bench machine the pool was measured no faster (README).
+    # marks touching hundreds of pupils, the scheduler's tick; on SQLite, when the transaction has
+    # written nothing yet (a tick), they read their pupils too. 0 (the default): everything in the
+    # service's own process. Worth setting to the core count where the cores are the service's
+    # own; where they also run Kafka and PostgreSQL the pool takes them from those (README).
     assess_workers: int = Field(default=0, ge=0)
     # The first-day fast path (worker.consume_first_day): a consumer group of its own that raises
     # first_day_absence for today's absences of pupils with a first-day response before the full

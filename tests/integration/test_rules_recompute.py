@@ -12,11 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 
 from bench.rules import fill_rules_db
-from services.rules import engine, recompute
+from services.rules import engine, recompute, worker
 from services.rules import tables as t
+from services.rules.app import create_app
+from services.rules.settings import RulesSettings
 from shared.db import create_engine
 from shared.policy import load_policy
 
@@ -35,6 +37,15 @@ async def recompute_all(url: str, upns: list[str], pool: Executor | None) -> tup
             outcome = await recompute.recompute(
                 conn, upns, load_policy(), recompute.CalendarCache(), TODAY, NOW, pool=pool
             )
+    finally:
+        await db.dispose()
+    return outcome.signals, await state_of(url, upns)
+
+
+async def state_of(url: str, upns: list[str]) -> dict[str, Any]:
+    """What the computed tables hold (and the engine's inputs read back)."""
+    db = create_engine(url)
+    try:
         async with db.connect() as conn:
             a = [dict(r._mapping) for r in await conn.execute(select(t.assessments))]
             for row in a:
@@ -56,7 +67,7 @@ async def recompute_all(url: str, upns: list[str], pool: Executor | None) -> tup
     key = lambda row: (row["upn"], row.get("school_urn"), row.get("key"))  # noqa: E731
     state = {"assessments": sorted(a, key=key), "episodes": sorted(e, key=key), "signals": sorted(s)}
     state["inputs"] = inputs
-    return outcome.signals, state
+    return state
 
 
 async def test_bulk_recompute_in_process_and_in_a_pool_agree(
@@ -123,3 +134,46 @@ async def test_a_pooled_recompute_after_a_write_reads_what_its_transaction_wrote
         assert row.possible > 0
         assert (row.present, row.aea, row.authorised) == (0, 0, 0)
         assert row.unauthorised == row.possible
+
+
+async def test_a_scheduler_tick_with_assessor_processes_stores_what_one_process_does(
+    make_url: Callable[[str], Awaitable[str]], kafka_bootstrap: str
+) -> None:
+    """The rules service with ``ROLLCALL_ASSESS_WORKERS=2``: its scheduler's tick recomputes every
+    watched pupil in worker processes (on SQLite they read the pupils themselves: the tick has
+    written nothing first) and stores exactly what assessing them in one process stores."""
+    inline_url, service_url = await make_url("tick-inline"), await make_url("tick-service")
+    for url in (inline_url, service_url):
+        upns, _ = await fill_rules_db(url, 11, SCALE)
+        db = create_engine(url)
+        try:
+            async with db.begin() as conn:  # every pupil looked after: all watched by the scheduler
+                await conn.execute(delete(t.care))
+                await conn.execute(
+                    insert(t.care),
+                    [
+                        {"upn": u, "cin": False, "cp": False, "cla": True, "early_help": False, "etac": False}
+                        for u in upns
+                    ],
+                )
+        finally:
+            await db.dispose()
+    raised, inline = await recompute_all(inline_url, upns, None)
+    config = RulesSettings(
+        env="test",
+        database_url=service_url,
+        kafka_bootstrap=kafka_bootstrap,
+        assess_workers=2,
+        workers="close_assessors",  # no consumer, scheduler or refresher besides this tick
+    )
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        runtime.clock = lambda: NOW
+        outcome = await worker.tick(runtime)
+        assert runtime.state.get("assessors") is not None  # the pool was used
+    assert outcome.pupils == len(upns) >= recompute.PARALLEL_MIN_PUPILS
+    assert outcome.signals == raised > 0
+    ticked = await state_of(service_url, upns)
+    for table in ("assessments", "episodes", "signals"):
+        assert ticked[table] == inline[table], table
