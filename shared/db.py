@@ -92,6 +92,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             # What ``untouched_sqlite_file`` compares with: rows changed by this connection so far.
             conn.info[_CHANGES_AT_BEGIN] = None if read_only else _sqlite_changes(conn)
 
+        @event.listens_for(engine.sync_engine, "commit")
+        @event.listens_for(engine.sync_engine, "rollback")
+        def _on_end(conn: Connection) -> None:
+            conn.info.pop(_CHANGES_AT_BEGIN, None)  # the next transaction has not begun yet
+
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)

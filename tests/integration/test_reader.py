@@ -91,6 +91,8 @@ async def test_only_an_untouched_sqlite_write_transaction_lets_others_read_for_i
                 other.close()
         async with engine.begin() as conn:  # the next transaction starts untouched again
             assert await untouched_sqlite_file(conn) == path
+        async with engine.connect() as conn:  # no BEGIN yet (nothing executed): no lock held
+            assert await untouched_sqlite_file(conn) is None
         async with reader(engine).connect() as read:  # a snapshot holds no lock: others may write
             await read.execute(select(func.count()).select_from(counted))
             assert await untouched_sqlite_file(read) is None
