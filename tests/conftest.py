@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -25,6 +28,37 @@ from shared.settings import DEV_JWT_SECRET
 
 KAFKA_PORT = int(os.environ.get("ROLLCALL_TEST_KAFKA_PORT", "19092"))
 SECRET = DEV_JWT_SECRET
+TEST_SECONDS = float(os.environ.get("ROLLCALL_TEST_SECONDS", "600"))
+"""The most one async test may take (the slowest take ~2 minutes on this machine): it is cancelled
+there and fails with the traceback of where it waited. A hang that cancellation cannot reach (a
+blocked thread, a fixture's teardown) meets pytest's ``faulthandler_timeout`` (pyproject.toml,
+2 minutes later): every thread's stack is dumped and the run ends, so a hang costs CI minutes,
+not its whole budget with nothing printed."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    """An async test runs under ``asyncio.timeout(TEST_SECONDS)``."""
+    func = getattr(item, "obj", None)
+    if func is None or not inspect.iscoroutinefunction(func):
+        return (yield)
+
+    @functools.wraps(func)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        limit = asyncio.timeout(TEST_SECONDS)
+        try:
+            async with limit:
+                return await func(*args, **kwargs)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise AssertionError(f"{item.nodeid} took over {TEST_SECONDS:.0f} s") from exc
+            raise
+
+    item.obj = bounded  # type: ignore[attr-defined]
+    try:
+        return (yield)
+    finally:
+        item.obj = func  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
