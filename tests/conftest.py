@@ -29,11 +29,11 @@ from shared.settings import DEV_JWT_SECRET
 KAFKA_PORT = int(os.environ.get("ROLLCALL_TEST_KAFKA_PORT", "19092"))
 SECRET = DEV_JWT_SECRET
 TEST_SECONDS = float(os.environ.get("ROLLCALL_TEST_SECONDS", "600"))
-"""The most one async test may take (the slowest take ~2 minutes on this machine): it is cancelled
-there and fails with the traceback of where it waited. A hang that cancellation cannot reach (a
-blocked thread, a fixture's teardown) meets pytest's ``faulthandler_timeout`` (pyproject.toml,
-2 minutes later): every thread's stack is dumped and the run ends, so a hang costs CI minutes,
-not its whole budget with nothing printed."""
+"""The most one async test may take (the slowest, the access matrix, takes ~100 s here): it is
+cancelled there and fails with the traceback of where it waited. A hang that cancellation cannot
+reach (a blocked thread, a fixture's teardown) meets pytest's ``faulthandler_timeout``
+(pyproject.toml, 2 minutes later): every thread's stack is dumped and the run ends, so a hang
+costs CI minutes, not its whole budget with nothing printed."""
 
 
 @pytest.hookimpl(wrapper=True)
