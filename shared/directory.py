@@ -209,15 +209,14 @@ async def consume(
 
     consumer = InboxConsumer(bootstrap, f"{group}.directory", [Topic.DIRECTORY], engine, inbox, on_events)
     task = asyncio.create_task(consumer.run())
+    waiter = asyncio.create_task(consumer.caught_up.wait())
     try:
-        waiter = asyncio.create_task(consumer.caught_up.wait())
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             directory.loaded.set()
-        else:
-            waiter.cancel()
         await task
     finally:
+        waiter.cancel()  # also when this is cancelled before the end is reached
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task

@@ -212,3 +212,48 @@ async def test_a_process_that_does_not_lead_waits_for_room_while_the_leader_publ
             await p.stop()
         for e in engines:
             await e.dispose()
+
+
+async def test_the_leader_waits_first_so_its_core_publishes(postgres_url: str, kafka_bootstrap: str) -> None:
+    """The leading process waits for room while the whole outbox's backlog is over half
+    ``max_backlog`` (events other processes committed count too), where a process that does not
+    lead still takes requests: it cannot publish, so waiting would leave its core idle."""
+    topic = await new_topic(kafka_bootstrap, "test.outbox", 3)
+    engines = [create_async_engine(postgres_url) for _ in range(2)]
+    async with engines[0].begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    producers = [kafka.producer(kafka_bootstrap) for _ in engines]
+    for p in producers:
+        await p.start()
+    leader = OutboxRelay(engines[0], OUTBOX, producers[0], batch=100, max_backlog=1000)
+    follower = OutboxRelay(engines[1], OUTBOX, producers[1], max_backlog=1000, stall_seconds=60)
+    running: asyncio.Task[None] | None = None
+
+    async def backlog() -> int:
+        async with engines[0].connect() as conn:
+            return int((await conn.execute(select(func.coalesce(func.sum(OUTBOX.c.events), 0)))).scalar_one())
+
+    try:
+        assert await leader._lead()  # holds the relay lock, not yet publishing
+        leader.healthy = True  # as after its relay's first round
+        for i in range(8):
+            await add(engines[1], topic, 100, f"b{i}")  # 800 events, all committed by the other process
+        async with asyncio.timeout(10):
+            await follower.room(wait_seconds=120)  # 800 <= 1,000: the follower goes ahead
+        waiting = asyncio.create_task(leader.room(wait_seconds=120))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()  # 800 > 500: the leader waits, though it committed none of them
+        running = asyncio.create_task(leader.run())
+        async with asyncio.timeout(60):
+            await waiting  # released once its relay has published down to half max_backlog
+        assert await backlog() <= 500 + 100  # one bundle may have been read but not yet deleted
+    finally:
+        for r in (leader, follower):
+            r.stop()
+        if running is not None:
+            await running
+        await leader._resign()
+        for p in producers:
+            await p.stop()
+        for e in engines:
+            await e.dispose()
