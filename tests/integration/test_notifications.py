@@ -103,7 +103,8 @@ async def test_first_day_absence_is_routed_signed_delivered_and_escalated_once(
                           headers=headers_for("care-system", "care:write"))  # fmt: skip
             await publish_registry(kafka_bootstrap, [e for u in (absent, acked, corrected)
                                                      for e in registry_events(u, urn, cla=True)])  # fmt: skip
-            await wait_registry(client, corrected)
+            for upn in (absent, acked, corrected):  # keyed by UPN: each on a partition of its own
+                await wait_registry(client, upn)
             first = signal_event("first_day_absence", absent, urn)
             await publish(kafka_bootstrap, Topic.SIGNALS, [first])
 

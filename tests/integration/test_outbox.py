@@ -5,8 +5,11 @@ shared outbox at a time, and another takes over when the leader stops or its ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import MetaData, func, select, text
@@ -153,107 +156,102 @@ async def test_the_relay_vacuums_the_outbox_it_empties(postgres_url: str, kafka_
         await engine.dispose()
 
 
+@dataclass
+class Pair:
+    """Two processes' relays on one outbox (each its own engine and producer): ``leader`` takes
+    the relay lock first; ``running`` is the leader's ``run`` task once a test starts it."""
+
+    topic: str
+    engines: list[AsyncEngine]
+    producers: list[Any]
+    leader: OutboxRelay
+    follower: OutboxRelay
+    running: asyncio.Task[None] | None = None
+
+    async def backlog(self) -> int:
+        async with self.engines[0].connect() as conn:
+            total = select(func.coalesce(func.sum(OUTBOX.c.events), 0))
+            return int((await conn.execute(total)).scalar_one())
+
+
+@contextlib.asynccontextmanager
+async def leader_and_follower(
+    postgres_url: str, kafka_bootstrap: str, max_backlog: int
+) -> AsyncIterator[Pair]:
+    topic = await new_topic(kafka_bootstrap, "test.outbox", 3)
+    engines = [create_async_engine(postgres_url) for _ in range(2)]
+    async with engines[0].begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    producers = [kafka.producer(kafka_bootstrap) for _ in engines]
+    for p in producers:
+        await p.start()
+    leader = OutboxRelay(engines[0], OUTBOX, producers[0], batch=100, max_backlog=max_backlog)
+    follower = OutboxRelay(engines[1], OUTBOX, producers[1], max_backlog=max_backlog, stall_seconds=60)
+    pair = Pair(topic, engines, producers, leader, follower)
+    try:
+        assert await leader._lead()  # holds the relay lock, not yet publishing
+        assert not await follower._lead()
+        yield pair
+    finally:
+        for r in (leader, follower):
+            r.stop()
+        if pair.running is not None:
+            await pair.running
+        await leader._resign()
+        for p in producers:
+            await p.stop()
+        for e in engines:
+            await e.dispose()
+
+
 async def test_a_process_that_does_not_lead_waits_for_room_while_the_leader_publishes(
     postgres_url: str, kafka_bootstrap: str
 ) -> None:
     """Backpressure across processes: a process whose relay does not lead reads the shared
     backlog and waits while it is over ``max_backlog`` and the leader is publishing; when nobody
     publishes (the leader stalled) it stops waiting: durable first."""
-    topic = await new_topic(kafka_bootstrap, "test.outbox", 3)
-    engines = [create_async_engine(postgres_url) for _ in range(2)]
-    async with engines[0].begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    producers = [kafka.producer(kafka_bootstrap) for _ in engines]
-    for p in producers:
-        await p.start()
-    leader = OutboxRelay(engines[0], OUTBOX, producers[0], batch=100, max_backlog=500)
-    follower = OutboxRelay(engines[1], OUTBOX, producers[1], max_backlog=500, stall_seconds=60)
-    running: asyncio.Task[None] | None = None
-
-    async def backlog() -> int:
-        async with engines[0].connect() as conn:
-            return int((await conn.execute(select(func.coalesce(func.sum(OUTBOX.c.events), 0)))).scalar_one())
-
-    try:
-        assert await leader._lead()  # holds the relay lock, not yet publishing
-        assert not await follower._lead()
+    async with leader_and_follower(postgres_url, kafka_bootstrap, max_backlog=500) as w:
         for i in range(20):
-            await add(engines[1], topic, 100, f"b{i}")  # 2,000 events in 20 bundles
-        waiting = asyncio.create_task(follower.room(wait_seconds=120))
+            await add(w.engines[1], w.topic, 100, f"b{i}")  # 2,000 events in 20 bundles
+        waiting = asyncio.create_task(w.follower.room(wait_seconds=120))
         await asyncio.sleep(1.0)
         assert not waiting.done()  # over max_backlog: the follower waits
-        running = asyncio.create_task(leader.run())
+        w.running = asyncio.create_task(w.leader.run())
         async with asyncio.timeout(60):
             await waiting  # released once the leader has published down to max_backlog
-        assert await backlog() <= 500 + 100  # one bundle may have been read but not yet deleted
+        assert await w.backlog() <= 500 + 100  # one bundle may have been read but not yet deleted
         async with asyncio.timeout(60):
-            while await backlog():  # noqa: ASYNC110 - polling the database
+            while await w.backlog():  # noqa: ASYNC110 - polling the database
                 await asyncio.sleep(0.05)
 
         # The leader stops publishing but keeps the lock: the follower waits only until it sees
         # the oldest bundle has not moved for stall_seconds, then takes the request.
-        leader.stop()
-        await running
-        running = None
-        assert await leader._lead()
+        w.leader.stop()
+        await w.running
+        w.running = None
+        assert await w.leader._lead()
         for i in range(20):
-            await add(engines[1], topic, 100, f"c{i}")
-        stalled = OutboxRelay(engines[1], OUTBOX, producers[1], max_backlog=500, stall_seconds=0.5)
+            await add(w.engines[1], w.topic, 100, f"c{i}")
+        stalled = OutboxRelay(w.engines[1], OUTBOX, w.producers[1], max_backlog=500, stall_seconds=0.5)
         async with asyncio.timeout(30):
             await stalled.room(wait_seconds=120)
-        assert await backlog() == 2000  # nothing was published: it stopped waiting for nothing
-    finally:
-        for r in (leader, follower):
-            r.stop()
-        if running is not None:
-            await running
-        await leader._resign()
-        for p in producers:
-            await p.stop()
-        for e in engines:
-            await e.dispose()
+        assert await w.backlog() == 2000  # nothing was published: it stopped waiting for nothing
 
 
 async def test_the_leader_waits_first_so_its_core_publishes(postgres_url: str, kafka_bootstrap: str) -> None:
     """The leading process waits for room while the whole outbox's backlog is over half
     ``max_backlog`` (events other processes committed count too), where a process that does not
     lead still takes requests: it cannot publish, so waiting would leave its core idle."""
-    topic = await new_topic(kafka_bootstrap, "test.outbox", 3)
-    engines = [create_async_engine(postgres_url) for _ in range(2)]
-    async with engines[0].begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    producers = [kafka.producer(kafka_bootstrap) for _ in engines]
-    for p in producers:
-        await p.start()
-    leader = OutboxRelay(engines[0], OUTBOX, producers[0], batch=100, max_backlog=1000)
-    follower = OutboxRelay(engines[1], OUTBOX, producers[1], max_backlog=1000, stall_seconds=60)
-    running: asyncio.Task[None] | None = None
-
-    async def backlog() -> int:
-        async with engines[0].connect() as conn:
-            return int((await conn.execute(select(func.coalesce(func.sum(OUTBOX.c.events), 0)))).scalar_one())
-
-    try:
-        assert await leader._lead()  # holds the relay lock, not yet publishing
-        leader.healthy = True  # as after its relay's first round
+    async with leader_and_follower(postgres_url, kafka_bootstrap, max_backlog=1000) as w:
+        w.leader.healthy = True  # as after its relay's first round
         for i in range(8):
-            await add(engines[1], topic, 100, f"b{i}")  # 800 events, all committed by the other process
+            await add(w.engines[1], w.topic, 100, f"b{i}")  # 800 events, all committed by the other process
         async with asyncio.timeout(10):
-            await follower.room(wait_seconds=120)  # 800 <= 1,000: the follower goes ahead
-        waiting = asyncio.create_task(leader.room(wait_seconds=120))
+            await w.follower.room(wait_seconds=120)  # 800 <= 1,000: the follower goes ahead
+        waiting = asyncio.create_task(w.leader.room(wait_seconds=120))
         await asyncio.sleep(1.0)
         assert not waiting.done()  # 800 > 500: the leader waits, though it committed none of them
-        running = asyncio.create_task(leader.run())
+        w.running = asyncio.create_task(w.leader.run())
         async with asyncio.timeout(60):
             await waiting  # released once its relay has published down to half max_backlog
-        assert await backlog() <= 500 + 100  # one bundle may have been read but not yet deleted
-    finally:
-        for r in (leader, follower):
-            r.stop()
-        if running is not None:
-            await running
-        await leader._resign()
-        for p in producers:
-            await p.stop()
-        for e in engines:
-            await e.dispose()
+        assert await w.backlog() <= 500 + 100  # one bundle may have been read but not yet deleted
