@@ -321,7 +321,7 @@ class OutboxRelay:
         self._deleted = 0  # events deleted since the last VACUUM was started
         self._vacuum: asyncio.Task[None] | None = None
         self.vacuums = 0  # VACUUMs completed (tests read it)
-        # A process that does not lead: the shared backlog as last read (see ``room``).
+        # The shared backlog as last read (PostgreSQL, leading or not: see ``room``).
         self._backlog_seconds = backlog_seconds
         self._stall_seconds = stall_seconds
         self._backlog_lock = asyncio.Lock()
